@@ -1,0 +1,86 @@
+// Schema of the stn_ext ops and the checks every device implementation shares.
+#include "affine_grid_sample.h"
+
+#include <Python.h>
+#include <torch/library.h>
+
+namespace stn_ext {
+
+SampleConfig parse_config(const std::string& mode, const std::string& padding_mode,
+                          bool align_corners) {
+  SampleConfig cfg{Interpolation::Bilinear, Padding::Zeros, align_corners};
+  if (mode == "nearest") {
+    cfg.mode = Interpolation::Nearest;
+  } else {
+    TORCH_CHECK_VALUE(mode == "bilinear", "stn_ext: mode must be 'bilinear' or 'nearest', got '",
+                      mode, "'");
+  }
+  if (padding_mode == "border") {
+    cfg.padding = Padding::Border;
+  } else if (padding_mode == "reflection") {
+    cfg.padding = Padding::Reflection;
+  } else {
+    TORCH_CHECK_VALUE(padding_mode == "zeros",
+                      "stn_ext: padding_mode must be 'zeros', 'border' or 'reflection', got '",
+                      padding_mode, "'");
+  }
+  return cfg;
+}
+
+void check_sample_args(const at::Tensor& input, const at::Tensor& theta, int64_t out_h,
+                       int64_t out_w) {
+  TORCH_CHECK_VALUE(input.dim() == 4, "stn_ext: input must be 4-D (N, C, H, W), got ",
+                    input.dim(), "-D");
+  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0,
+                    "stn_ext: input must have non-empty spatial dimensions, got sizes ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3,
+                    "stn_ext: theta must have shape (N, 2, 3), got ", theta.sizes());
+  TORCH_CHECK_VALUE(theta.size(0) == input.size(0), "stn_ext: theta has batch ", theta.size(0),
+                    " but input has batch ", input.size(0));
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "stn_ext: input must be a floating tensor, got ", input.scalar_type());
+  TORCH_CHECK_TYPE(theta.scalar_type() == input.scalar_type(),
+                   "stn_ext: theta must have the dtype of input (", input.scalar_type(), "), got ",
+                   theta.scalar_type());
+  TORCH_CHECK_VALUE(theta.device() == input.device(), "stn_ext: theta is on ", theta.device(),
+                    " but input is on ", input.device());
+  TORCH_CHECK_VALUE(out_h >= 0 && out_w >= 0, "stn_ext: output size must be non-negative, got (",
+                    out_h, ", ", out_w, ")");
+}
+
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input) {
+  TORCH_CHECK_VALUE(grad_output.dim() == 4 && grad_output.size(0) == input.size(0) &&
+                        grad_output.size(1) == input.size(1),
+                    "stn_ext: grad_output must have shape (N, C, Ho, Wo) with the input's N and C, "
+                    "got ", grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(),
+                   "stn_ext: grad_output must have the dtype of input");
+  TORCH_CHECK_VALUE(grad_output.device() == input.device(),
+                    "stn_ext: grad_output must be on the input's device");
+}
+
+at::MemoryFormat output_memory_format(const at::Tensor& input) {
+  const bool channels_last =
+      input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+TORCH_LIBRARY(stn_ext, m) {
+  m.def(
+      "affine_grid_sample(Tensor input, Tensor theta, SymInt out_h, SymInt out_w, str mode, "
+      "str padding_mode, bool align_corners) -> Tensor");
+  // output_mask says which of (grad_input, grad_theta) to compute; one not asked for comes
+  // back as an empty tensor.
+  m.def(
+      "affine_grid_sample_backward(Tensor grad_output, Tensor input, Tensor theta, str mode, "
+      "str padding_mode, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
+}
+
+}  // namespace stn_ext
+
+// Importing stn_ext._C loads this library, which registers the ops above.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

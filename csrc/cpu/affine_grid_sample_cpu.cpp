@@ -1,0 +1,259 @@
+// CPU kernels of stn_ext::affine_grid_sample: parallel over output rows (forward) and over
+// (image, channel group) work units (backward), deterministic for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../affine_grid_sample.h"
+
+namespace stn_ext {
+namespace {
+
+// Geometry of one 4-D tensor: sizes and element strides.
+struct Geometry {
+  int64_t n, c, h, w;
+  int64_t sn, sc, sh, sw;
+  explicit Geometry(const at::Tensor& t)
+      : n(t.size(0)), c(t.size(1)), h(t.size(2)), w(t.size(3)),
+        sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
+};
+
+// The input taps of one output pixel: up to four pixel positions with their weights. A tap
+// outside the image (x == -1) reads zero padding.
+template <typename T>
+struct Taps {
+  int64_t x[4], y[4];
+  T weight[4];
+  Bilinear<T> stencil;  // the bilinear neighbourhood, for the theta gradient
+
+  bool valid(int k) const { return x[k] >= 0; }
+  bool any() const { return valid(0) || valid(1) || valid(2) || valid(3); }
+  int64_t offset(int k, const Geometry& g) const { return y[k] * g.sh + x[k] * g.sw; }
+};
+
+template <typename T>
+Taps<T> taps_of(const SourcePoint<T>& p, const SampleConfig& cfg, const Geometry& in) {
+  Taps<T> t;
+  for (int k = 0; k < 4; ++k) {
+    t.x[k] = t.y[k] = -1;
+    t.weight[k] = T(0);
+  }
+  if (is_far_outside(p, in.h, in.w)) return t;
+  if (cfg.mode == Interpolation::Nearest) {
+    const int64_t x = nearest_index(p.ix), y = nearest_index(p.iy);
+    if (in_bounds(x, y, in.h, in.w)) {
+      t.x[0] = x;
+      t.y[0] = y;
+      t.weight[0] = T(1);
+    }
+    return t;
+  }
+  t.stencil = Bilinear<T>::at(p.ix, p.iy);
+  const Bilinear<T>& b = t.stencil;
+  const int64_t xs[4] = {b.x0, b.x0 + 1, b.x0, b.x0 + 1};
+  const int64_t ys[4] = {b.y0, b.y0, b.y0 + 1, b.y0 + 1};
+  const T ws[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
+  for (int k = 0; k < 4; ++k) {
+    if (in_bounds(xs[k], ys[k], in.h, in.w)) {
+      t.x[k] = xs[k];
+      t.y[k] = ys[k];
+      t.weight[k] = ws[k];
+    }
+  }
+  return t;
+}
+
+template <typename T>
+std::vector<T> base_coords(int64_t size, bool align_corners) {
+  std::vector<T> coords(size);
+  for (int64_t i = 0; i < size; ++i) coords[i] = base_coord<T>(i, size, align_corners);
+  return coords;
+}
+
+template <typename T, typename scalar_t>
+Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
+  return Affine<T>::load(theta.const_data_ptr<scalar_t>() + n * theta.stride(0), theta.stride(1),
+                         theta.stride(2));
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& output,
+                    const SampleConfig& cfg) {
+  using T = at::opmath_type<scalar_t>;
+  const Geometry in(input), out(output);
+  const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
+  scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
+  const std::vector<T> base_x = base_coords<T>(out.w, cfg.align_corners);
+  // Enough rows per task to amortise scheduling on small images.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out.w * out.c));
+
+  at::parallel_for(0, out.n * out.h, grain, [&](int64_t begin, int64_t end) {
+    std::vector<Taps<T>> row(out.w);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / out.h, h = r % out.h;
+      const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+      const T base_y = base_coord<T>(h, out.h, cfg.align_corners);
+      for (int64_t w = 0; w < out.w; ++w) {
+        row[w] = taps_of(source_point(a, base_x[w], base_y, in.h, in.w, cfg), cfg, in);
+      }
+      for (int64_t c = 0; c < out.c; ++c) {
+        const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
+        scalar_t* dst = out_ptr + n * out.sn + c * out.sc + h * out.sh;
+        for (int64_t w = 0; w < out.w; ++w) {
+          const Taps<T>& t = row[w];
+          T acc = T(0);
+          for (int k = 0; k < 4; ++k) {
+            if (t.valid(k)) acc += t.weight[k] * T(src[t.offset(k, in)]);
+          }
+          dst[w * out.sw] = static_cast<scalar_t>(acc);
+        }
+      }
+    }
+  });
+}
+
+// Work units of the backward pass are (image, channel group): each writes only its own slice
+// of grad_input and its own theta partial, and the partials are summed in a fixed order.
+// The split depends on the shape alone, so results do not depend on the thread count.
+int64_t channel_groups(int64_t batch, int64_t channels) {
+  constexpr int64_t kMinUnits = 8;
+  return batch >= kMinUnits ? 1 : std::max<int64_t>(1, std::min(channels, kMinUnits));
+}
+
+// grad_in_t is scalar_t, or float for reduced-precision inputs so that accumulation is exact
+// enough; the caller casts it back.
+template <typename scalar_t, typename grad_in_t>
+void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
+                     const at::Tensor& theta, const SampleConfig& cfg, grad_in_t* grad_in_ptr,
+                     const Geometry& gin, double* theta_partials, int64_t groups) {
+  using T = at::opmath_type<scalar_t>;
+  const Geometry in(input), gout(grad_output);
+  const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
+  const scalar_t* gout_ptr = grad_output.const_data_ptr<scalar_t>();
+  const std::vector<T> base_x = base_coords<T>(gout.w, cfg.align_corners);
+  const int64_t group_size = (in.c + groups - 1) / groups;
+  const bool bilinear = cfg.mode == Interpolation::Bilinear;
+  const bool want_theta = theta_partials != nullptr && bilinear;  // nearest: zero grad
+
+  at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t n = unit / groups;
+      const int64_t c_begin = (unit % groups) * group_size;
+      const int64_t c_end = std::min(in.c, c_begin + group_size);
+      const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+      ThetaGrad<double> tg{};
+      for (int64_t h = 0; h < gout.h; ++h) {
+        const T base_y = base_coord<T>(h, gout.h, cfg.align_corners);
+        for (int64_t w = 0; w < gout.w; ++w) {
+          const SourcePoint<T> p = source_point(a, base_x[w], base_y, in.h, in.w, cfg);
+          const Taps<T> t = taps_of(p, cfg, in);
+          if (!t.any()) continue;
+          T g_ix = T(0), g_iy = T(0);
+          for (int64_t c = c_begin; c < c_end; ++c) {
+            const T g = T(gout_ptr[n * gout.sn + c * gout.sc + h * gout.sh + w * gout.sw]);
+            if (grad_in_ptr != nullptr) {
+              grad_in_t* dst = grad_in_ptr + n * gin.sn + c * gin.sc;
+              for (int k = 0; k < 4; ++k) {
+                if (t.valid(k)) dst[t.offset(k, gin)] += static_cast<grad_in_t>(t.weight[k] * g);
+              }
+            }
+            if (want_theta) {
+              const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
+              T v[4];
+              for (int k = 0; k < 4; ++k) v[k] = t.valid(k) ? T(src[t.offset(k, in)]) : T(0);
+              T d_ix, d_iy;
+              bilinear_coord_grad(t.stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+              g_ix += g * d_ix;
+              g_iy += g * d_iy;
+            }
+          }
+          if (want_theta) {
+            tg.add(double(g_ix * p.dix), double(g_iy * p.diy), double(base_x[w]), double(base_y));
+          }
+        }
+      }
+      if (theta_partials != nullptr) std::copy(tg.g, tg.g + 6, theta_partials + unit * 6);
+    }
+  });
+}
+
+at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& theta, int64_t out_h,
+                                  int64_t out_w, c10::string_view mode,
+                                  c10::string_view padding_mode, bool align_corners) {
+  check_sample_args(input, theta, out_h, out_w);
+  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
+  at::Tensor output = at::empty({input.size(0), input.size(1), out_h, out_w},
+                                input.options().memory_format(output_memory_format(input)));
+  if (output.numel() == 0) return output;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "affine_grid_sample_cpu", [&] {
+                                    forward_kernel<scalar_t>(input, theta, output, cfg);
+                                  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
+    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+    std::array<bool, 2> output_mask) {
+  check_sample_args(input, theta, grad_output.size(2), grad_output.size(3));
+  check_grad_output(grad_output, input);
+  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
+  const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  const auto layout = input.options().memory_format(output_memory_format(input));
+
+  at::Tensor grad_input_acc = output_mask[0]
+      ? at::zeros(input.sizes(), reduced ? layout.dtype(at::kFloat) : layout)
+      : at::empty({0}, input.options());
+  const int64_t groups = channel_groups(input.size(0), input.size(1));
+  std::vector<double> partials(output_mask[1] ? input.size(0) * groups * 6 : 0, 0.0);
+
+  if (grad_output.numel() > 0 && input.size(1) > 0) {
+    const Geometry gin = output_mask[0] ? Geometry(grad_input_acc) : Geometry(input);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cpu", [&] {
+          double* theta_out = output_mask[1] ? partials.data() : nullptr;
+          if (reduced) {
+            backward_kernel<scalar_t, float>(
+                grad_output, input, theta, cfg,
+                output_mask[0] ? grad_input_acc.mutable_data_ptr<float>() : nullptr, gin,
+                theta_out, groups);
+          } else {
+            backward_kernel<scalar_t, scalar_t>(
+                grad_output, input, theta, cfg,
+                output_mask[0] ? grad_input_acc.mutable_data_ptr<scalar_t>() : nullptr, gin,
+                theta_out, groups);
+          }
+        });
+  }
+
+  at::Tensor grad_input = reduced && output_mask[0] ? grad_input_acc.to(input.scalar_type())
+                                                    : grad_input_acc;
+  at::Tensor grad_theta = at::empty({0}, theta.options());
+  if (output_mask[1]) {
+    at::Tensor sums = at::zeros({input.size(0), 2, 3}, theta.options().dtype(at::kDouble));
+    double* s = sums.mutable_data_ptr<double>();
+    for (int64_t n = 0; n < input.size(0); ++n) {
+      for (int64_t g = 0; g < groups; ++g) {
+        for (int k = 0; k < 6; ++k) s[n * 6 + k] += partials[(n * groups + g) * 6 + k];
+      }
+    }
+    grad_theta = sums.to(theta.scalar_type());
+  }
+  return {grad_input, grad_theta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stn_ext, CPU, m) {
+  m.impl("affine_grid_sample", &affine_grid_sample_cpu);
+  m.impl("affine_grid_sample_backward", &affine_grid_sample_backward_cpu);
+}
+
+}  // namespace stn_ext

@@ -1,0 +1,33 @@
+"""Builds stn_ext._C: the CPU kernels always, the CUDA kernels whenever a CUDA toolkit is found
+(no GPU is needed to compile them)."""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+# Ampere and Hopper SASS, plus PTX so newer GPUs can JIT-compile the kernels.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+sources = ["csrc/affine_grid_sample.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+extra_compile_args = {"cxx": ["-O3"]}
+
+if CUDA_HOME is not None and os.environ.get("STN_EXT_NO_CUDA") != "1":
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+    extension = CUDAExtension
+    print(f"stn_ext: building CPU and CUDA kernels (CUDA_HOME={CUDA_HOME}, "
+          f"archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
+else:
+    extension = CppExtension
+    print("stn_ext: no CUDA toolkit found (set CUDA_HOME to build the CUDA kernels); "
+          "building the CPU kernels only")
+
+setup(
+    ext_modules=[
+        extension("stn_ext._C", sources, extra_compile_args=extra_compile_args,
+                  include_dirs=[os.path.abspath("csrc")]),
+    ],
+    cmdclass={"build_ext": BuildExtension},
+)
