@@ -10,7 +10,7 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 sources = ["csrc/affine_grid_sample.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-extra_compile_args = {"cxx": ["-O3"]}
+extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}  # OpenMP: at::parallel_for runs serially without it
 
 if CUDA_HOME is not None and os.environ.get("STN_EXT_NO_CUDA") != "1":
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
@@ -27,7 +27,7 @@ else:
 setup(
     ext_modules=[
         extension("stn_ext._C", sources, extra_compile_args=extra_compile_args,
-                  include_dirs=[os.path.abspath("csrc")]),
+                  extra_link_args=["-fopenmp"], include_dirs=[os.path.abspath("csrc")]),
     ],
     cmdclass={"build_ext": BuildExtension},
 )

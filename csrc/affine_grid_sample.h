@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <type_traits>
 
 #include "sampling_math.h"
 
@@ -18,6 +19,27 @@ void check_sample_args(const at::Tensor& input, const at::Tensor& theta, int64_t
                        int64_t out_w);
 
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input);
+
+// Calls f(mode, padding) with both as std::integral_constant, so that a kernel templated on
+// them compiles each combination with its branches folded away.
+template <typename F>
+void with_static_config(const SampleConfig& cfg, F&& f) {
+  using Bilinear_ = std::integral_constant<Interpolation, Interpolation::Bilinear>;
+  using Nearest_ = std::integral_constant<Interpolation, Interpolation::Nearest>;
+  auto with_padding = [&](auto mode) {
+    switch (cfg.padding) {
+      case Padding::Zeros: return f(mode, std::integral_constant<Padding, Padding::Zeros>{});
+      case Padding::Border: return f(mode, std::integral_constant<Padding, Padding::Border>{});
+      case Padding::Reflection:
+        return f(mode, std::integral_constant<Padding, Padding::Reflection>{});
+    }
+  };
+  if (cfg.mode == Interpolation::Bilinear) {
+    with_padding(Bilinear_{});
+  } else {
+    with_padding(Nearest_{});
+  }
+}
 
 // Outputs and input gradients keep channels_last when the input is channels_last (and not also
 // plain contiguous, as with 1x1 images); everything else gets contiguous NCHW.

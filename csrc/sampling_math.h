@@ -31,14 +31,10 @@ namespace math {
 template <typename T> C10_HOST_DEVICE inline T floor_(T x) { return ::floor(x); }
 template <typename T> C10_HOST_DEVICE inline T fabs_(T x) { return ::fabs(x); }
 template <typename T> C10_HOST_DEVICE inline T fmod_(T x, T y) { return ::fmod(x, y); }
-template <typename T> C10_HOST_DEVICE inline T nearbyint_(T x) { return ::nearbyint(x); }
-template <typename T> C10_HOST_DEVICE inline bool isfinite_(T x) { return ::isfinite(x); }
 #else
 template <typename T> inline T floor_(T x) { return std::floor(x); }
 template <typename T> inline T fabs_(T x) { return std::fabs(x); }
 template <typename T> inline T fmod_(T x, T y) { return std::fmod(x, y); }
-template <typename T> inline T nearbyint_(T x) { return std::nearbyint(x); }
-template <typename T> inline bool isfinite_(T x) { return std::isfinite(x); }
 #endif
 
 }  // namespace math
@@ -168,18 +164,26 @@ C10_HOST_DEVICE inline bool is_far_outside(const SourcePoint<T>& p, int64_t in_h
   return !(p.ix > T(-2) && p.ix < T(in_w + 1) && p.iy > T(-2) && p.iy < T(in_h + 1));
 }
 
+// floor() of a coordinate already known to be in a small range (not far outside, see above):
+// a cast and a compare, where std::floor is a library call on baseline x86-64.
+template <typename T>
+C10_HOST_DEVICE inline int64_t floor_in_range(T x) {
+  const int64_t i = static_cast<int64_t>(x);
+  return i - (T(i) > x);
+}
+
 // The 2x2 neighbourhood of a bilinear sample: top-left corner (x0, y0) and the weights of the
-// west/east columns and north/south rows. Corner weights are products, as in ATen.
+// west/east columns and north/south rows. Corner weights are products, as in ATen. Only for
+// points that are not far outside.
 template <typename T>
 struct Bilinear {
   int64_t x0, y0;
   T west, east, north, south;
 
   C10_HOST_DEVICE static Bilinear at(T ix, T iy) {
-    const T fx = math::floor_(ix);
-    const T fy = math::floor_(iy);
-    return {static_cast<int64_t>(fx), static_cast<int64_t>(fy),
-            fx + T(1) - ix, ix - fx, fy + T(1) - iy, iy - fy};
+    const int64_t x0 = floor_in_range(ix), y0 = floor_in_range(iy);
+    const T fx = T(x0), fy = T(y0);
+    return {x0, y0, fx + T(1) - ix, ix - fx, fy + T(1) - iy, iy - fy};
   }
   C10_HOST_DEVICE T w00() const { return west * north; }
   C10_HOST_DEVICE T w01() const { return east * north; }
@@ -187,10 +191,15 @@ struct Bilinear {
   C10_HOST_DEVICE T w11() const { return east * south; }
 };
 
-// Nearest pixel, rounding half to even as ATen's std::nearbyint does.
+// Nearest pixel of a point that is not far outside, rounding half to even as ATen's
+// std::nearbyint does (x - floor(x) is exact here, so the tie test is exact).
 template <typename T>
 C10_HOST_DEVICE inline int64_t nearest_index(T coord) {
-  return static_cast<int64_t>(math::nearbyint_(coord));
+  const int64_t f = floor_in_range(coord);
+  const T frac = coord - T(f);
+  if (frac > T(0.5)) return f + 1;
+  if (frac < T(0.5)) return f;
+  return f + (f & 1);
 }
 
 C10_HOST_DEVICE inline bool in_bounds(int64_t x, int64_t y, int64_t in_h, int64_t in_w) {

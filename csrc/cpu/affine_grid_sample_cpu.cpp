@@ -56,18 +56,32 @@ Taps<T> taps_of(const SourcePoint<T>& p, const SampleConfig& cfg, const Geometry
   }
   t.stencil = Bilinear<T>::at(p.ix, p.iy);
   const Bilinear<T>& b = t.stencil;
-  const int64_t xs[4] = {b.x0, b.x0 + 1, b.x0, b.x0 + 1};
-  const int64_t ys[4] = {b.y0, b.y0, b.y0 + 1, b.y0 + 1};
   const T ws[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
   for (int k = 0; k < 4; ++k) {
-    if (in_bounds(xs[k], ys[k], in.h, in.w)) {
-      t.x[k] = xs[k];
-      t.y[k] = ys[k];
+    const int64_t x = b.x0 + k % 2, y = b.y0 + k / 2;
+    if (in_bounds(x, y, in.h, in.w)) {
+      t.x[k] = x;
+      t.y[k] = y;
       t.weight[k] = ws[k];
     }
   }
   return t;
 }
+
+// Taps resolved to element offsets for one tensor's strides (-1: outside, reads zero).
+template <typename T>
+struct OffsetTaps {
+  int64_t offset[4];
+  T weight[4];
+
+  OffsetTaps(const Taps<T>& t, const Geometry& g) {
+    for (int k = 0; k < 4; ++k) {
+      offset[k] = t.valid(k) ? t.offset(k, g) : -1;
+      weight[k] = t.weight[k];
+    }
+  }
+  OffsetTaps() = default;
+};
 
 template <typename T>
 std::vector<T> base_coords(int64_t size, bool align_corners) {
@@ -82,34 +96,38 @@ Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
                          theta.stride(2));
 }
 
-template <typename scalar_t>
+// Templated on mode and padding (see with_static_config) so the per-pixel math is branch-free.
+template <Interpolation kMode, Padding kPadding, typename scalar_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& output,
-                    const SampleConfig& cfg) {
+                    bool align_corners) {
   using T = at::opmath_type<scalar_t>;
+  constexpr int kTaps = kMode == Interpolation::Bilinear ? 4 : 1;
+  const SampleConfig cfg{kMode, kPadding, align_corners};
   const Geometry in(input), out(output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
-  const std::vector<T> base_x = base_coords<T>(out.w, cfg.align_corners);
+  const std::vector<T> base_x = base_coords<T>(out.w, align_corners);
   // Enough rows per task to amortise scheduling on small images.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out.w * out.c));
 
   at::parallel_for(0, out.n * out.h, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Taps<T>> row(out.w);
+    std::vector<OffsetTaps<T>> row(out.w);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / out.h, h = r % out.h;
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
-      const T base_y = base_coord<T>(h, out.h, cfg.align_corners);
+      const T base_y = base_coord<T>(h, out.h, align_corners);
       for (int64_t w = 0; w < out.w; ++w) {
-        row[w] = taps_of(source_point(a, base_x[w], base_y, in.h, in.w, cfg), cfg, in);
+        row[w] = OffsetTaps<T>(
+            taps_of(source_point(a, base_x[w], base_y, in.h, in.w, cfg), cfg, in), in);
       }
       for (int64_t c = 0; c < out.c; ++c) {
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
         scalar_t* dst = out_ptr + n * out.sn + c * out.sc + h * out.sh;
         for (int64_t w = 0; w < out.w; ++w) {
-          const Taps<T>& t = row[w];
+          const OffsetTaps<T>& t = row[w];
           T acc = T(0);
-          for (int k = 0; k < 4; ++k) {
-            if (t.valid(k)) acc += t.weight[k] * T(src[t.offset(k, in)]);
+          for (int k = 0; k < kTaps; ++k) {
+            if (t.offset[k] >= 0) acc += t.weight[k] * T(src[t.offset[k]]);
           }
           dst[w * out.sw] = static_cast<scalar_t>(acc);
         }
@@ -126,20 +144,22 @@ int64_t channel_groups(int64_t batch, int64_t channels) {
   return batch >= kMinUnits ? 1 : std::max<int64_t>(1, std::min(channels, kMinUnits));
 }
 
-// grad_in_t is scalar_t, or float for reduced-precision inputs so that accumulation is exact
-// enough; the caller casts it back.
-template <typename scalar_t, typename grad_in_t>
+// grad_in_t is the opmath type: float for float and reduced-precision inputs (accumulating in
+// half would lose gradient mass; the caller casts back), double for double.
+template <Interpolation kMode, Padding kPadding, typename scalar_t, typename grad_in_t>
 void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
-                     const at::Tensor& theta, const SampleConfig& cfg, grad_in_t* grad_in_ptr,
+                     const at::Tensor& theta, bool align_corners, grad_in_t* grad_in_ptr,
                      const Geometry& gin, double* theta_partials, int64_t groups) {
   using T = at::opmath_type<scalar_t>;
+  constexpr bool kBilinear = kMode == Interpolation::Bilinear;
+  constexpr int kTaps = kBilinear ? 4 : 1;
+  const SampleConfig cfg{kMode, kPadding, align_corners};
   const Geometry in(input), gout(grad_output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* gout_ptr = grad_output.const_data_ptr<scalar_t>();
-  const std::vector<T> base_x = base_coords<T>(gout.w, cfg.align_corners);
+  const std::vector<T> base_x = base_coords<T>(gout.w, align_corners);
   const int64_t group_size = (in.c + groups - 1) / groups;
-  const bool bilinear = cfg.mode == Interpolation::Bilinear;
-  const bool want_theta = theta_partials != nullptr && bilinear;  // nearest: zero grad
+  const bool want_theta = theta_partials != nullptr && kBilinear;  // nearest: zero grad
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t unit = begin; unit < end; ++unit) {
@@ -147,26 +167,36 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       const int64_t c_begin = (unit % groups) * group_size;
       const int64_t c_end = std::min(in.c, c_begin + group_size);
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+      const scalar_t* src = in_ptr + n * in.sn;
+      const scalar_t* go = gout_ptr + n * gout.sn;
+      grad_in_t* dst = grad_in_ptr == nullptr ? nullptr : grad_in_ptr + n * gin.sn;
       ThetaGrad<double> tg{};
       for (int64_t h = 0; h < gout.h; ++h) {
-        const T base_y = base_coord<T>(h, gout.h, cfg.align_corners);
+        const T base_y = base_coord<T>(h, gout.h, align_corners);
         for (int64_t w = 0; w < gout.w; ++w) {
           const SourcePoint<T> p = source_point(a, base_x[w], base_y, in.h, in.w, cfg);
           const Taps<T> t = taps_of(p, cfg, in);
           if (!t.any()) continue;
+          const OffsetTaps<T> src_taps(t, in);
+          const OffsetTaps<T> dst_taps(t, gin);
+          const int64_t go_offset = h * gout.sh + w * gout.sw;
           T g_ix = T(0), g_iy = T(0);
           for (int64_t c = c_begin; c < c_end; ++c) {
-            const T g = T(gout_ptr[n * gout.sn + c * gout.sc + h * gout.sh + w * gout.sw]);
-            if (grad_in_ptr != nullptr) {
-              grad_in_t* dst = grad_in_ptr + n * gin.sn + c * gin.sc;
-              for (int k = 0; k < 4; ++k) {
-                if (t.valid(k)) dst[t.offset(k, gin)] += static_cast<grad_in_t>(t.weight[k] * g);
+            const T g = T(go[c * gout.sc + go_offset]);
+            if (dst != nullptr) {
+              grad_in_t* dst_c = dst + c * gin.sc;
+              for (int k = 0; k < kTaps; ++k) {
+                if (dst_taps.offset[k] >= 0) {
+                  dst_c[dst_taps.offset[k]] += static_cast<grad_in_t>(dst_taps.weight[k] * g);
+                }
               }
             }
             if (want_theta) {
-              const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
+              const scalar_t* src_c = src + c * in.sc;
               T v[4];
-              for (int k = 0; k < 4; ++k) v[k] = t.valid(k) ? T(src[t.offset(k, in)]) : T(0);
+              for (int k = 0; k < 4; ++k) {
+                v[k] = src_taps.offset[k] >= 0 ? T(src_c[src_taps.offset[k]]) : T(0);
+              }
               T d_ix, d_iy;
               bilinear_coord_grad(t.stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
               g_ix += g * d_ix;
@@ -191,10 +221,13 @@ at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& the
   at::Tensor output = at::empty({input.size(0), input.size(1), out_h, out_w},
                                 input.options().memory_format(output_memory_format(input)));
   if (output.numel() == 0) return output;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "affine_grid_sample_cpu", [&] {
-                                    forward_kernel<scalar_t>(input, theta, output, cfg);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_cpu", [&] {
+        with_static_config(cfg, [&](auto mode, auto padding) {
+          forward_kernel<decltype(mode)::value, decltype(padding)::value, scalar_t>(
+              input, theta, output, align_corners);
+        });
+      });
   return output;
 }
 
@@ -218,18 +251,13 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
     const Geometry gin = output_mask[0] ? Geometry(grad_input_acc) : Geometry(input);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cpu", [&] {
+          using grad_in_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
           double* theta_out = output_mask[1] ? partials.data() : nullptr;
-          if (reduced) {
-            backward_kernel<scalar_t, float>(
-                grad_output, input, theta, cfg,
-                output_mask[0] ? grad_input_acc.mutable_data_ptr<float>() : nullptr, gin,
-                theta_out, groups);
-          } else {
-            backward_kernel<scalar_t, scalar_t>(
-                grad_output, input, theta, cfg,
-                output_mask[0] ? grad_input_acc.mutable_data_ptr<scalar_t>() : nullptr, gin,
-                theta_out, groups);
-          }
+          grad_in_t* grad_in = output_mask[0] ? grad_input_acc.mutable_data_ptr<grad_in_t>() : nullptr;
+          with_static_config(cfg, [&](auto mode, auto padding) {
+            backward_kernel<decltype(mode)::value, decltype(padding)::value, scalar_t, grad_in_t>(
+                grad_output, input, theta, align_corners, grad_in, gin, theta_out, groups);
+          });
         });
   }
 
