@@ -4,6 +4,14 @@ import glob
 import os
 
 from setuptools import setup
+
+# torch guesses CUDA_HOME from the nvcc on PATH; where that is a wrapper script (as in
+# /usr/local/bin here) the guess holds no CUDA libraries. Prefer the standard toolkit location.
+DEFAULT_CUDA_HOME = "/usr/local/cuda"
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and \
+        os.path.exists(os.path.join(DEFAULT_CUDA_HOME, "bin", "nvcc")):
+    os.environ["CUDA_HOME"] = DEFAULT_CUDA_HOME
+
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 # Ampere and Hopper SASS, plus PTX so newer GPUs can JIT-compile the kernels.

@@ -24,64 +24,45 @@ struct Geometry {
         sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
 };
 
-// The input taps of one output pixel: up to four pixel positions with their weights. A tap
-// outside the image (x == -1) reads zero padding.
+// The input taps of one output pixel: the top-left tap (x0, y0), a bit per tap that lies inside
+// the image (taps outside read zero padding), and the tap weights. Tap k sits at
+// (x0 + k % 2, y0 + k / 2); a nearest sample uses tap 0 only.
 template <typename T>
-struct Taps {
-  int64_t x[4], y[4];
+struct PixelTaps {
+  int64_t x0, y0;
+  unsigned inside;
   T weight[4];
-  Bilinear<T> stencil;  // the bilinear neighbourhood, for the theta gradient
 
-  bool valid(int k) const { return x[k] >= 0; }
-  bool any() const { return valid(0) || valid(1) || valid(2) || valid(3); }
-  int64_t offset(int k, const Geometry& g) const { return y[k] * g.sh + x[k] * g.sw; }
+  bool is_inside(int k) const { return (inside >> k) & 1u; }
+  int64_t origin(const Geometry& g) const { return y0 * g.sh + x0 * g.sw; }
+  static int64_t delta(int k, const Geometry& g) { return (k / 2) * g.sh + (k % 2) * g.sw; }
 };
 
-template <typename T>
-Taps<T> taps_of(const SourcePoint<T>& p, const SampleConfig& cfg, const Geometry& in) {
-  Taps<T> t;
-  for (int k = 0; k < 4; ++k) {
-    t.x[k] = t.y[k] = -1;
-    t.weight[k] = T(0);
-  }
-  if (is_far_outside(p, in.h, in.w)) return t;
-  if (cfg.mode == Interpolation::Nearest) {
-    const int64_t x = nearest_index(p.ix), y = nearest_index(p.iy);
-    if (in_bounds(x, y, in.h, in.w)) {
-      t.x[0] = x;
-      t.y[0] = y;
-      t.weight[0] = T(1);
-    }
-    return t;
-  }
-  t.stencil = Bilinear<T>::at(p.ix, p.iy);
-  const Bilinear<T>& b = t.stencil;
-  const T ws[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
-  for (int k = 0; k < 4; ++k) {
-    const int64_t x = b.x0 + k % 2, y = b.y0 + k / 2;
-    if (in_bounds(x, y, in.h, in.w)) {
-      t.x[k] = x;
-      t.y[k] = y;
-      t.weight[k] = ws[k];
-    }
-  }
-  return t;
-}
-
-// Taps resolved to element offsets for one tensor's strides (-1: outside, reads zero).
-template <typename T>
-struct OffsetTaps {
-  int64_t offset[4];
-  T weight[4];
-
-  OffsetTaps(const Taps<T>& t, const Geometry& g) {
+// Source taps of one output pixel in an input of geometry `in`; for bilinear samples the
+// neighbourhood, which the theta gradient needs, goes to *stencil.
+template <Interpolation kMode, typename T>
+inline PixelTaps<T> resolve_taps(const SourcePoint<T>& p, const Geometry& in,
+                                 Bilinear<T>* stencil) {
+  PixelTaps<T> taps{0, 0, 0u, {T(0), T(0), T(0), T(0)}};
+  if (is_far_outside(p, in.h, in.w)) return taps;
+  if constexpr (kMode == Interpolation::Nearest) {
+    taps.x0 = nearest_index(p.ix);
+    taps.y0 = nearest_index(p.iy);
+    taps.inside = in_bounds(taps.x0, taps.y0, in.h, in.w) ? 1u : 0u;
+    taps.weight[0] = T(1);
+  } else {
+    const Bilinear<T> b = Bilinear<T>::at(p.ix, p.iy);
+    *stencil = b;
+    taps.x0 = b.x0;
+    taps.y0 = b.y0;
+    const T weights[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
     for (int k = 0; k < 4; ++k) {
-      offset[k] = t.valid(k) ? t.offset(k, g) : -1;
-      weight[k] = t.weight[k];
+      taps.weight[k] = weights[k];
+      if (in_bounds(b.x0 + k % 2, b.y0 + k / 2, in.h, in.w)) taps.inside |= 1u << k;
     }
   }
-  OffsetTaps() = default;
-};
+  return taps;
+}
 
 template <typename T>
 std::vector<T> base_coords(int64_t size, bool align_corners) {
@@ -97,6 +78,8 @@ Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
 }
 
 // Templated on mode and padding (see with_static_config) so the per-pixel math is branch-free.
+// Each task takes whole output rows: first the taps of every pixel of the row, then a pass per
+// channel that reads and writes along the row.
 template <Interpolation kMode, Padding kPadding, typename scalar_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& output,
                     bool align_corners) {
@@ -107,27 +90,33 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
   const std::vector<T> base_x = base_coords<T>(out.w, align_corners);
+  int64_t delta[4];
+  for (int k = 0; k < 4; ++k) delta[k] = PixelTaps<T>::delta(k, in);
   // Enough rows per task to amortise scheduling on small images.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out.w * out.c));
 
   at::parallel_for(0, out.n * out.h, grain, [&](int64_t begin, int64_t end) {
-    std::vector<OffsetTaps<T>> row(out.w);
+    std::vector<PixelTaps<T>> taps(out.w);
+    std::vector<int64_t> origin(out.w);
+    Bilinear<T> unused;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / out.h, h = r % out.h;
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
       const T base_y = base_coord<T>(h, out.h, align_corners);
       for (int64_t w = 0; w < out.w; ++w) {
-        row[w] = OffsetTaps<T>(
-            taps_of(source_point(a, base_x[w], base_y, in.h, in.w, cfg), cfg, in), in);
+        taps[w] = resolve_taps<kMode>(source_point(a, base_x[w], base_y, in.h, in.w, cfg), in,
+                                      &unused);
+        origin[w] = taps[w].origin(in);
       }
       for (int64_t c = 0; c < out.c; ++c) {
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
         scalar_t* dst = out_ptr + n * out.sn + c * out.sc + h * out.sh;
         for (int64_t w = 0; w < out.w; ++w) {
-          const OffsetTaps<T>& t = row[w];
+          const PixelTaps<T>& t = taps[w];
+          const scalar_t* s = src + origin[w];
           T acc = T(0);
           for (int k = 0; k < kTaps; ++k) {
-            if (t.offset[k] >= 0) acc += t.weight[k] * T(src[t.offset[k]]);
+            if (t.is_inside(k)) acc += t.weight[k] * T(s[delta[k]]);
           }
           dst[w * out.sw] = static_cast<scalar_t>(acc);
         }
@@ -160,51 +149,62 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
   const std::vector<T> base_x = base_coords<T>(gout.w, align_corners);
   const int64_t group_size = (in.c + groups - 1) / groups;
   const bool want_theta = theta_partials != nullptr && kBilinear;  // nearest: zero grad
+  int64_t in_delta[4], gin_delta[4];
+  for (int k = 0; k < 4; ++k) {
+    in_delta[k] = PixelTaps<T>::delta(k, in);
+    gin_delta[k] = PixelTaps<T>::delta(k, gin);
+  }
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
+    // Per pixel of the current row: taps, bilinear neighbourhood, d(pixel)/d(grid), and the
+    // coordinate gradient summed over the unit's channels.
+    std::vector<PixelTaps<T>> taps(gout.w);
+    std::vector<Bilinear<T>> stencil(gout.w);
+    std::vector<T> dix(gout.w), diy(gout.w), g_ix(gout.w), g_iy(gout.w);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / groups;
       const int64_t c_begin = (unit % groups) * group_size;
       const int64_t c_end = std::min(in.c, c_begin + group_size);
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
-      const scalar_t* src = in_ptr + n * in.sn;
-      const scalar_t* go = gout_ptr + n * gout.sn;
-      grad_in_t* dst = grad_in_ptr == nullptr ? nullptr : grad_in_ptr + n * gin.sn;
       ThetaGrad<double> tg{};
       for (int64_t h = 0; h < gout.h; ++h) {
         const T base_y = base_coord<T>(h, gout.h, align_corners);
         for (int64_t w = 0; w < gout.w; ++w) {
           const SourcePoint<T> p = source_point(a, base_x[w], base_y, in.h, in.w, cfg);
-          const Taps<T> t = taps_of(p, cfg, in);
-          if (!t.any()) continue;
-          const OffsetTaps<T> src_taps(t, in);
-          const OffsetTaps<T> dst_taps(t, gin);
-          const int64_t go_offset = h * gout.sh + w * gout.sw;
-          T g_ix = T(0), g_iy = T(0);
-          for (int64_t c = c_begin; c < c_end; ++c) {
-            const T g = T(go[c * gout.sc + go_offset]);
+          taps[w] = resolve_taps<kMode>(p, in, &stencil[w]);
+          dix[w] = p.dix;
+          diy[w] = p.diy;
+          g_ix[w] = g_iy[w] = T(0);
+        }
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          const scalar_t* go = gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh;
+          const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
+          grad_in_t* dst = grad_in_ptr == nullptr ? nullptr : grad_in_ptr + n * gin.sn + c * gin.sc;
+          for (int64_t w = 0; w < gout.w; ++w) {
+            const PixelTaps<T>& t = taps[w];
+            if (t.inside == 0u) continue;
+            const T g = T(go[w * gout.sw]);
             if (dst != nullptr) {
-              grad_in_t* dst_c = dst + c * gin.sc;
+              grad_in_t* d = dst + t.origin(gin);
               for (int k = 0; k < kTaps; ++k) {
-                if (dst_taps.offset[k] >= 0) {
-                  dst_c[dst_taps.offset[k]] += static_cast<grad_in_t>(dst_taps.weight[k] * g);
-                }
+                if (t.is_inside(k)) d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
               }
             }
             if (want_theta) {
-              const scalar_t* src_c = src + c * in.sc;
+              const scalar_t* s = src + t.origin(in);
               T v[4];
-              for (int k = 0; k < 4; ++k) {
-                v[k] = src_taps.offset[k] >= 0 ? T(src_c[src_taps.offset[k]]) : T(0);
-              }
+              for (int k = 0; k < 4; ++k) v[k] = t.is_inside(k) ? T(s[in_delta[k]]) : T(0);
               T d_ix, d_iy;
-              bilinear_coord_grad(t.stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
-              g_ix += g * d_ix;
-              g_iy += g * d_iy;
+              bilinear_coord_grad(stencil[w], v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+              g_ix[w] += g * d_ix;
+              g_iy[w] += g * d_iy;
             }
           }
-          if (want_theta) {
-            tg.add(double(g_ix * p.dix), double(g_iy * p.diy), double(base_x[w]), double(base_y));
+        }
+        if (want_theta) {
+          for (int64_t w = 0; w < gout.w; ++w) {
+            tg.add(double(g_ix[w] * dix[w]), double(g_iy[w] * diy[w]), double(base_x[w]),
+                   double(base_y));
           }
         }
       }

@@ -42,17 +42,18 @@ struct ThetaStrides {
   int64_t n, row, col;
 };
 
-// The in-bounds taps of one sample: up to four (offset into the image, weight) pairs.
+// The taps of one sample: up to four (offset into the image, weight) pairs, those outside the
+// image marked invalid, and the bilinear neighbourhood (for the theta gradient).
 template <typename T, typename index_t>
 struct DeviceTaps {
   index_t offset[4];
   T weight[4];
   bool valid[4];
+  Bilinear<T> stencil;
 };
 
 template <typename T, typename index_t>
-__device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const Bilinear<T>& b,
-                                                 const SampleConfig& cfg,
+__device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const SampleConfig& cfg,
                                                  const Geometry<index_t>& g) {
   DeviceTaps<T, index_t> t;
 #pragma unroll
@@ -61,6 +62,7 @@ __device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const 
     t.offset[k] = 0;
     t.weight[k] = T(0);
   }
+  t.stencil = {0, 0, T(0), T(0), T(0), T(0)};
   if (is_far_outside(p, g.h, g.w)) return t;
   if (cfg.mode == Interpolation::Nearest) {
     const int64_t x = nearest_index(p.ix), y = nearest_index(p.iy);
@@ -69,6 +71,8 @@ __device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const 
     t.weight[0] = T(1);
     return t;
   }
+  t.stencil = Bilinear<T>::at(p.ix, p.iy);
+  const Bilinear<T>& b = t.stencil;
   const T ws[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
@@ -104,8 +108,7 @@ __global__ void __launch_bounds__(kThreads)
     T base_x, base_y;
     const SourcePoint<T> p =
         source_point_of(a, h, w, out.h, out.w, in.h, in.w, cfg, &base_x, &base_y);
-    const Bilinear<T> b = Bilinear<T>::at(p.ix, p.iy);
-    const DeviceTaps<T, index_t> t = taps_of(p, b, cfg, in);
+    const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
     const scalar_t* src = input + n * in.sn;
     scalar_t* dst = output + n * out.sn + h * out.sh + w * out.sw;
     for (index_t c = 0; c < in.c; ++c) {
@@ -168,10 +171,9 @@ __global__ void __launch_bounds__(kThreads)
       T base_x, base_y;
       const SourcePoint<T> p =
           source_point_of(a, h, w, gout.h, gout.w, in.h, in.w, cfg, &base_x, &base_y);
-      const Bilinear<T> b = Bilinear<T>::at(p.ix, p.iy);
-      const DeviceTaps<T, index_t> t = taps_of(p, b, cfg, in);
+      const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
       DeviceTaps<T, index_t> gt = t;  // the same taps at grad_input's strides
-      if (grad_input != nullptr) gt = taps_of(p, b, cfg, gin);
+      if (grad_input != nullptr) gt = taps_of(p, cfg, gin);
       const scalar_t* go = grad_output + n * gout.sn + h * gout.sh + w * gout.sw;
       const scalar_t* src = input + n * in.sn;
       grad_in_t* dst = grad_input == nullptr ? nullptr : grad_input + n * gin.sn;
@@ -181,7 +183,9 @@ __global__ void __launch_bounds__(kThreads)
         if (dst != nullptr) {
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
-            if (gt.valid[k]) gpuAtomicAdd(dst + c * gin.sc + gt.offset[k], static_cast<grad_in_t>(gt.weight[k] * g));
+            if (gt.valid[k]) {
+              gpuAtomicAdd(dst + c * gin.sc + gt.offset[k], static_cast<grad_in_t>(gt.weight[k] * g));
+            }
           }
         }
         if (want_theta) {
@@ -189,7 +193,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int k = 0; k < 4; ++k) v[k] = t.valid[k] ? T(src[c * in.sc + t.offset[k]]) : T(0);
           T d_ix, d_iy;
-          bilinear_coord_grad(b, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+          bilinear_coord_grad(t.stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
           g_ix += g * d_ix;
           g_iy += g * d_iy;
         }

@@ -1,0 +1,185 @@
+"""Shared by the benchmark scripts: run metadata, timing and the JSON files they write."""
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.utils.benchmark
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+try:
+    import triton
+    import triton.testing
+except ImportError:  # CPU-only installs; GPU timing then falls back to torch.utils.benchmark
+    triton = None
+
+# Large enough to stream from DRAM rather than any cache, on CPUs and GPUs alike.
+COPY_BENCH_BYTES = 256 * 2**20
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model as /proc/cpuinfo gives it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit() -> str:
+    """HEAD of the checkout (with '-dirty' if it has uncommitted changes); copies of the tree
+    without .git (e.g. a GPU machine) can pass it in STN_EXT_COMMIT."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("STN_EXT_COMMIT", "unknown")
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def run_metadata(benchmark: str, device: torch.device, note: Optional[str]) -> dict:
+    """The header every results file starts with."""
+    return {
+        "benchmark": benchmark,
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": triton.__version__ if triton is not None else None,
+        "commit": git_commit(),
+        "date": utc_now().isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        # Tells a reader whether other jobs shared the machine (load above ~threads means so).
+        "load_average_1min_start": os.getloadavg()[0],
+        "note": note,
+    }
+
+
+def finish_metadata(payload: dict) -> None:
+    payload["load_average_1min_end"] = os.getloadavg()[0]
+
+
+def default_json_path(device: torch.device, suffix: str = "") -> Path:
+    """benchmarks/results/<device>-<date><suffix>.json, e.g. cpu-amd-epyc-2026-11-22.json."""
+    name = device_name(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if device.type == "cpu" and not slug.startswith("cpu"):
+        slug = f"cpu-{slug}"
+    return RESULTS_DIR / f"{slug}-{utc_now().date().isoformat()}{suffix}.json"
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, json_suffix: str = "") -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--json", nargs="?", const="default", metavar="PATH",
+                        help="write the results as JSON to PATH; without PATH, to "
+                             f"benchmarks/results/<device>-<date>{json_suffix}.json")
+    parser.add_argument("--note", help="free text stored in the JSON and shown in RESULTS.md")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch.set_num_threads(N) first (default: torch's default, "
+                             f"{torch.get_num_threads()} here)")
+    parser.add_argument("--min-run-time", type=float, default=0.5, metavar="SECONDS",
+                        help="measuring time per row, after warm-up (default: %(default)s)")
+
+
+def resolve_json_path(args: argparse.Namespace, device: torch.device,
+                      json_suffix: str = "") -> Optional[Path]:
+    if args.json is None:
+        return None
+    return default_json_path(device, json_suffix) if args.json == "default" else Path(args.json)
+
+
+def describe_error(error: Exception) -> str:
+    """One line for a backend that failed, for the console and the JSON's "skipped" list."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """Wall time of the block in ms (device work included), for first calls that compile."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.ms = None
+
+    def __enter__(self) -> "Stopwatch":
+        synchronize(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        synchronize(self.device)
+        self.ms = (time.perf_counter() - self.start) * 1e3
+
+
+@contextlib.contextmanager
+def fresh_compile_caches() -> Iterator[None]:
+    """Run the block with torch.compile's in-process state reset and inductor's and Triton's
+    on-disk caches in a new empty folder, so that a first call there is a cold compile that does
+    not depend on earlier rows or runs. (Triton kernels already in memory stay compiled.)"""
+    saved = {name: os.environ.get(name)
+             for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    torch._dynamo.reset()
+    with tempfile.TemporaryDirectory(prefix="stn-bench-cache-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+        try:
+            yield
+        finally:
+            torch._dynamo.reset()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, min_run_time: float) -> float:
+    """Median time of one call after warm-up: triton's do_bench on GPU (CUDA events, L2 flushed
+    between calls), torch.utils.benchmark elsewhere, on all of torch's threads."""
+    if device.type == "cuda" and triton is not None:
+        return float(triton.testing.do_bench(fn, rep=min_run_time * 1e3, return_mode="median"))
+    # Timer defaults to one thread; the real thread count is what users get.
+    timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn},
+                                        num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def copy_gbps(device: torch.device, min_run_time: float) -> float:
+    """Bandwidth of a large same-device tensor copy (read + write), timed like the kernels."""
+    source = torch.empty(COPY_BENCH_BYTES // 4, dtype=torch.float32, device=device).uniform_()
+    destination = torch.empty_like(source)
+    ms = median_ms(lambda: destination.copy_(source), device, min_run_time)
+    return 2 * COPY_BENCH_BYTES / (ms * 1e-3) / 1e9

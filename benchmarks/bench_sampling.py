@@ -1,0 +1,280 @@
+"""Affine-grid + grid-sample microbenchmark: every backend that runs on the device, side by side,
+for the forward pass, the backward pass alone and both, with milliseconds, effective bandwidth
+and speedup over PyTorch's own two ops.
+
+    python benchmarks/bench_sampling.py --device cpu --json          # full run, recorded under
+                                                                     # benchmarks/results/
+    python benchmarks/bench_sampling.py --device cuda --json $OUT/sampling.json
+    python benchmarks/bench_sampling.py --quick                      # under 2 min on 2 CPU cores
+
+Backends: torch (F.affine_grid + F.grid_sample, eager), torch-compile (the same composition under
+torch.compile), and ours: cpu on CPU, cuda and triton on GPU (triton on CPU would only run
+interpreted, far too slowly to time).
+"""
+import argparse
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import stn_ext
+from _common import (COPY_BENCH_BYTES, Stopwatch, add_common_arguments, copy_gbps, describe_error,
+                     finish_metadata, fresh_compile_caches, median_ms, resolve_json_path,
+                     run_metadata, write_json)
+
+# name -> (N, C, H, W, Ho, Wo): input (N, C, H, W) sampled to (Ho, Wo).
+SHAPES = {
+    "stn": (64, 3, 32, 32, 32, 32),  # the CIFAR-10 STN's training step
+    "batch256": (256, 3, 32, 32, 32, 32),
+    "features": (32, 64, 64, 64, 64, 64),  # a feature map deep in a network
+    "large": (8, 3, 1024, 1024, 1024, 1024),
+    "upsample": (16, 3, 256, 256, 512, 512),
+}
+# These also run in bfloat16 and in channels_last (the other shapes in float32 only).
+VARIANT_SHAPES = ("batch256", "features")
+QUICK_SHAPES = ("stn", "features")
+PASSES = ("fwd", "bwd", "fwd+bwd")
+QUICK_PASSES = ("fwd", "fwd+bwd")
+BACKENDS = ("torch", "torch-compile", "cpu", "cuda", "triton")
+ALIGN_CORNERS = False
+
+
+@dataclass(frozen=True)
+class Case:
+    shape_name: str
+    shape: tuple  # (N, C, H, W, Ho, Wo)
+    dtype: torch.dtype
+    channels_last: bool
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def layout(self) -> str:
+        return "channels_last" if self.channels_last else "contiguous"
+
+
+def cases(shape_names: Sequence[str], with_variants: bool) -> Iterator[Case]:
+    for name in shape_names:
+        yield Case(name, SHAPES[name], torch.float32, False)
+        if with_variants and name in VARIANT_SHAPES:
+            yield Case(name, SHAPES[name], torch.bfloat16, False)
+            yield Case(name, SHAPES[name], torch.float32, True)
+
+
+def bytes_moved(case: Case, pass_name: str) -> int:
+    """The bytes a pass must move at least: the forward reads input and theta and writes the
+    output; the backward reads grad_output, input and theta and writes grad_input and
+    grad_theta; fwd+bwd is both (two kernels, so input and theta are read twice)."""
+    n, c, h, w, out_h, out_w = case.shape
+    element_size = torch.empty((), dtype=case.dtype).element_size()
+    input_bytes = n * c * h * w * element_size
+    output_bytes = n * c * out_h * out_w * element_size
+    theta_bytes = n * 6 * element_size
+    forward = input_bytes + theta_bytes + output_bytes
+    backward = output_bytes + input_bytes + theta_bytes + input_bytes + theta_bytes
+    return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[pass_name]
+
+
+def backends_for(device: torch.device, quick: bool) -> List[str]:
+    backends = ["torch"]
+    if not (quick and device.type == "cpu"):  # inductor takes minutes on a small CPU
+        backends.append("torch-compile")
+    if device.type == "cpu":
+        backends.append("cpu")
+    else:
+        backends += [b for b in stn_ext.available_backends() if b in ("cuda", "triton")]
+    return backends
+
+
+def torch_composition(input, theta, out_size, mode, padding_mode):
+    grid = F.affine_grid(theta, [input.shape[0], input.shape[1], *out_size],
+                         align_corners=ALIGN_CORNERS)
+    return F.grid_sample(input, grid, mode=mode, padding_mode=padding_mode,
+                         align_corners=ALIGN_CORNERS)
+
+
+def make_sampler(backend: str, out_size, mode: str, padding_mode: str) -> Callable:
+    """(input, theta) -> output for a backend."""
+    if backend in ("torch", "torch-compile"):
+        sampler = functools.partial(torch_composition, out_size=out_size, mode=mode,
+                                    padding_mode=padding_mode)
+        return sampler if backend == "torch" else torch.compile(sampler)
+    return functools.partial(stn_ext.affine_grid_sample, size=out_size, mode=mode,
+                             padding_mode=padding_mode, align_corners=ALIGN_CORNERS,
+                             backend=backend)
+
+
+def random_affine(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Rotations of up to 30 degrees, scales 0.8-1.2 and shifts up to 0.2: what an STN learns,
+    sampling mostly inside the image and partly in the padding."""
+    angle = (torch.rand(n, generator=generator) - 0.5) * math.radians(60)
+    scale = 0.8 + 0.4 * torch.rand(n, generator=generator)
+    shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.4
+    cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                        torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+@dataclass
+class Tensors:
+    input: torch.Tensor
+    theta: torch.Tensor
+    grad_output: torch.Tensor
+
+
+def make_tensors(case: Case, device: torch.device) -> Tensors:
+    """Random inputs that require grad, and a grad_output in the input's layout (the same for
+    every backend, so that the backward passes read the same memory)."""
+    n, c, h, w, out_h, out_w = case.shape
+    generator = torch.Generator().manual_seed(0)
+    memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
+
+    def tensor(*size):
+        values = torch.randn(*size, generator=generator)
+        return values.to(device, case.dtype).contiguous(memory_format=memory_format)
+
+    theta = random_affine(n, generator).to(device, case.dtype)
+    return Tensors(tensor(n, c, h, w).requires_grad_(), theta.requires_grad_(),
+                   tensor(n, c, out_h, out_w))
+
+
+def prepare_pass(sampler: Callable, tensors: Tensors, pass_name: str) -> Callable[[], object]:
+    """The call to time for a pass. For 'bwd' this runs the forward whose graph it reuses."""
+    inputs = (tensors.input, tensors.theta)
+    if pass_name == "fwd":
+        def forward():
+            with torch.no_grad():
+                return sampler(*inputs)
+        return forward
+    if pass_name == "bwd":
+        output = sampler(*inputs)
+        return lambda: torch.autograd.grad(output, inputs, tensors.grad_output,
+                                           retain_graph=True)
+    return lambda: torch.autograd.grad(sampler(*inputs), inputs, tensors.grad_output)
+
+
+def measure(case: Case, backend: str, pass_name: str, tensors: Tensors, args,
+            device: torch.device, copy_bandwidth: float) -> dict:
+    out_h, out_w = case.shape[4:]
+    with fresh_compile_caches():
+        with Stopwatch(device) as first_call:
+            run_pass = prepare_pass(make_sampler(backend, (out_h, out_w), args.mode,
+                                                 args.padding_mode), tensors, pass_name)
+            run_pass()
+        ms = median_ms(run_pass, device, args.min_run_time)
+    gbps = bytes_moved(case, pass_name) / (ms * 1e-3) / 1e9
+    return {
+        "backend": backend, "pass": pass_name, "shape": list(case.shape),
+        "shape_name": case.shape_name, "dtype": case.dtype_name, "mode": args.mode,
+        "padding_mode": args.padding_mode, "align_corners": ALIGN_CORNERS,
+        "channels_last": case.channels_last, "ms": ms, "gbps": gbps,
+        "pct_of_copy": 100 * gbps / copy_bandwidth, "first_call_ms": first_call.ms,
+    }
+
+
+TABLE_COLUMNS = (("shape", 26), ("dtype", 8), ("layout", 13), ("pass", 7), ("backend", 13),
+                 ("ms", 9), ("GB/s", 7), ("%copy", 6), ("1st ms", 9), ("vs torch", 8))
+
+
+def print_table_row(values: Sequence[str]) -> None:
+    print("  ".join(str(value).rjust(width) for value, (_, width) in zip(values, TABLE_COLUMNS)),
+          flush=True)
+
+
+def shape_label(shape) -> str:
+    n, c, h, w, out_h, out_w = shape
+    return f"{n}x{c}x{h}x{w}->{out_h}x{out_w}"
+
+
+def print_result(case: Case, row: dict) -> None:
+    speedup = row["speedup_vs_torch"]
+    print_table_row((shape_label(case.shape), case.dtype_name, case.layout, row["pass"],
+                     row["backend"], f"{row['ms']:.3f}", f"{row['gbps']:.1f}",
+                     f"{row['pct_of_copy']:.1f}", f"{row['first_call_ms']:.1f}",
+                     "" if speedup is None else f"{speedup:.2f}x"))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"shapes {', '.join(QUICK_SHAPES)} in float32, passes "
+                             f"{', '.join(QUICK_PASSES)}, no torch-compile on CPU")
+    parser.add_argument("--shapes", type=lambda s: s.split(","),
+                        help=f"comma-separated subset of {', '.join(SHAPES)}")
+    parser.add_argument("--passes", type=lambda s: s.split(","),
+                        help=f"comma-separated subset of {', '.join(PASSES)}")
+    parser.add_argument("--backends", type=lambda s: s.split(","),
+                        help=f"comma-separated subset of {', '.join(BACKENDS)} "
+                             "(default: all that run on the device)")
+    parser.add_argument("--mode", choices=stn_ext.functional.MODES, default="bilinear")
+    parser.add_argument("--padding-mode", choices=stn_ext.functional.PADDING_MODES,
+                        default="zeros")
+    args = parser.parse_args(argv)
+    for option, known in (("shapes", SHAPES), ("passes", PASSES), ("backends", BACKENDS)):
+        unknown = set(getattr(args, option) or ()) - set(known)
+        if unknown:
+            parser.error(f"--{option}: unknown {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    shape_names = args.shapes or (QUICK_SHAPES if args.quick else tuple(SHAPES))
+    passes = args.passes or (QUICK_PASSES if args.quick else PASSES)
+    # torch first: the others' speedups are relative to it.
+    backends = ([b for b in BACKENDS if b in args.backends] if args.backends
+                else backends_for(device, args.quick))
+    json_path = resolve_json_path(args, device)
+
+    payload = run_metadata("sampling", device, args.note)
+    payload.update(quick=args.quick, min_run_time_s=args.min_run_time,
+                   copy_bytes=COPY_BENCH_BYTES, copy_gbps=copy_gbps(device, args.min_run_time),
+                   results=[], skipped=[])
+    print(f"{payload['device']}, torch {payload['torch']}, triton {payload['triton']}, "
+          f"{payload['threads']} threads; copy bandwidth {payload['copy_gbps']:.1f} GB/s")
+    print_table_row([name for name, _ in TABLE_COLUMNS])
+
+    for case in cases(shape_names, with_variants=not args.quick):
+        tensors = make_tensors(case, device)
+        for pass_name in passes:
+            torch_ms = None
+            for backend in backends:
+                try:
+                    row = measure(case, backend, pass_name, tensors, args, device,
+                                  payload["copy_gbps"])
+                # One backend failing (a dtype it lacks, say) must not lose the rest of a long
+                # run; the failure is kept in the results instead.
+                except Exception as error:  # noqa: BLE001
+                    reason = describe_error(error)
+                    print(f"  skipped {backend} {pass_name} {shape_label(case.shape)} "
+                          f"{case.dtype_name} {case.layout}: {reason}", flush=True)
+                    payload["skipped"].append({
+                        "backend": backend, "pass": pass_name, "shape": list(case.shape),
+                        "dtype": case.dtype_name, "channels_last": case.channels_last,
+                        "reason": reason})
+                    continue
+                if backend == "torch":
+                    torch_ms = row["ms"]
+                row["speedup_vs_torch"] = torch_ms / row["ms"] if torch_ms else None
+                payload["results"].append(row)
+                print_result(case, row)
+        del tensors
+
+    finish_metadata(payload)
+    if json_path is not None:
+        write_json(json_path, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Write benchmarks/RESULTS.md, and a speedup-vs-torch plot per sampling run, from the JSON files
+that bench_sampling.py and bench_train.py recorded in benchmarks/results/. Every number in
+RESULTS.md comes from those files; re-run this after adding one.
+
+    python benchmarks/summarize.py
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+from _common import RESULTS_DIR  # noqa: E402
+from bench_sampling import BACKENDS, PASSES, shape_label  # noqa: E402
+
+RESULTS_MD = RESULTS_DIR.parent / "RESULTS.md"
+
+RECORD_COMMANDS = """\
+```
+python benchmarks/bench_sampling.py --device cpu --json && \\
+python benchmarks/bench_train.py --device cpu --json && \\
+python benchmarks/summarize.py
+```
+The files are named after the device and the date. On a GPU, pass `--device cuda`; on a copy of
+the tree without `.git`, set `STN_EXT_COMMIT` to the commit it was copied from."""
+
+METHOD = """\
+- **Timing.** Each row is the median time of one call after warm-up: on CPU
+  `torch.utils.benchmark.Timer.blocked_autorange` on all of torch's threads (`threads` below), on
+  GPU `triton.testing.do_bench` (CUDA events, L2 flushed between calls). *First call* is the
+  wall time of a row's first call, reported apart from the median: each row starts with
+  `torch._dynamo.reset()` and empty inductor and Triton on-disk caches, so it includes
+  compilation (torch-compile, triton); kernels already compiled in memory by earlier rows of the
+  same run (Triton's, inductor's C++) may still be reused.
+- **Passes.** `fwd`: forward under `torch.no_grad()`. `bwd`: the backward alone, replayed on one
+  saved forward graph (`retain_graph=True`), gradients for input and theta. `fwd+bwd`: both.
+- **Effective bandwidth** counts the bytes a pass must move at least: forward, input + theta read
+  and output written; backward, grad_output + input + theta read and grad_input + grad_theta
+  written; fwd+bwd, the sum. *% of copy* relates it to the bandwidth of a large same-device
+  `copy_` (read + write) timed the same way in the same run.
+- **Backends.** `torch`: `F.affine_grid` + `F.grid_sample`, eager; `torch-compile`: the same two
+  ops under `torch.compile`; `cpu`, `cuda`, `triton`: stn_ext's kernels. Speedup = torch's time /
+  the backend's time, for the same shape, dtype, layout and pass.
+- **Training.** One step of the CIFAR-10 STN (`train/cifar.py`'s `Net`): zero_grad, forward, NLL
+  loss, backward, SGD step, on one synthetic batch kept on the device (no data loading). Time per
+  epoch is derived: training images per epoch / images per second."""
+
+
+def load_results(results_dir: Path) -> List[dict]:
+    runs = []
+    for path in results_dir.glob("*.json"):
+        run = json.loads(path.read_text())
+        if run.get("benchmark") in ("sampling", "train"):
+            run["name"] = path.stem
+            runs.append(run)
+    # Per device and day, the sampling run before the training run.
+    return sorted(runs, key=lambda run: (run["device"], run["date"][:10],
+                                         run["benchmark"] != "sampling", run["name"]))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def case_key(row: dict) -> tuple:
+    return (tuple(row["shape"]), row["dtype"], row["channels_last"])
+
+
+def case_label(key: tuple) -> str:
+    shape, dtype, channels_last = key
+    return f"{shape_label(shape)} {dtype}" + (" channels_last" if channels_last else "")
+
+
+def threads_label(run: dict) -> str:
+    return f"{run['threads']} thread" + ("" if run["threads"] == 1 else "s")
+
+
+def run_title(run: dict) -> str:
+    return f"{run['device']}, {run['date'][:10]}, {threads_label(run)}"
+
+
+def run_header(run: dict) -> str:
+    shared = (run["load_average_1min_start"] > 0.5
+              or run["load_average_1min_end"] > run["threads"] + 0.5)
+    load = (f"1-minute load average {run['load_average_1min_start']:.2f} at the start and "
+            f"{run['load_average_1min_end']:.2f} at the end ({run['cpu_count']} cores; the run "
+            f"itself adds about {run['threads']})")
+    if shared:
+        load += (": **other jobs shared the machine during this run**, so its times are "
+                 "pessimistic and noisy; re-run on a quiet machine to replace them")
+    lines = [f"`{run['name']}.json`: {run['device']}, torch {run['torch']}, "
+             f"triton {run['triton']}, commit `{run['commit']}`, {run['date']}, "
+             + threads_label(run) + (", `--quick`" if run["quick"] else "") + ".",
+             "", load + "."]
+    if run.get("copy_gbps"):
+        lines += ["", f"Copy bandwidth ({run['copy_bytes'] / 2**20:.0f} MiB `copy_`, read + "
+                      f"write): {run['copy_gbps']:.1f} GB/s."]
+    if run.get("note"):
+        lines += ["", f"Note: {run['note']}"]
+    return "\n".join(lines)
+
+
+def skipped_lines(run: dict) -> str:
+    if not run["skipped"]:
+        return ""
+    lines = ["", "Skipped (the backend failed):"]
+    for skip in run["skipped"]:
+        where = (case_label((skip["shape"], skip["dtype"], skip["channels_last"])) + " "
+                 + skip["pass"] if "shape" in skip else skip["variant"])
+        lines.append(f"- {skip['backend']} {where}: `{skip['reason']}`")
+    return "\n".join(lines)
+
+
+def sampling_tables(run: dict) -> str:
+    backends = [b for b in BACKENDS if any(r["backend"] == b for r in run["results"])]
+    by_row: Dict[tuple, Dict[str, dict]] = {}
+    for result in run["results"]:
+        by_row.setdefault((case_key(result), result["pass"]), {})[result["backend"]] = result
+
+    def table(title: str, cell) -> str:
+        rows = [[case_label(key), pass_name] + [cell(by_row[key, pass_name].get(b))
+                                                for b in backends]
+                for key, pass_name in by_row]
+        return f"**{title}**\n\n" + markdown_table(["case", "pass"] + backends, rows)
+
+    def time_cell(result: Optional[dict]) -> str:
+        if result is None:
+            return "–"
+        speedup = result["speedup_vs_torch"]
+        if speedup is None or result["backend"] == "torch":
+            return f"{result['ms']:.3f}"
+        return f"{result['ms']:.3f} ({speedup:.2f}×)"
+
+    def bandwidth_cell(result: Optional[dict]) -> str:
+        return "–" if result is None else f"{result['gbps']:.2f} ({result['pct_of_copy']:.1f}%)"
+
+    def first_call_cell(result: Optional[dict]) -> str:
+        return "–" if result is None else f"{result['first_call_ms']:.1f}"
+
+    return "\n\n".join([
+        table("Time per call, ms (speedup vs torch)", time_cell),
+        table("Effective bandwidth, GB/s (% of copy bandwidth)", bandwidth_cell),
+        table("First call, ms (compilation included)", first_call_cell)])
+
+
+def plot_speedups(run: dict, path: Path) -> None:
+    """Bars of speedup vs torch per case, one panel per pass, one bar colour per backend."""
+    backends = [b for b in BACKENDS if b != "torch"
+                and any(r["backend"] == b for r in run["results"])]
+    passes = [p for p in PASSES if any(r["pass"] == p for r in run["results"])]
+    cases = list(dict.fromkeys(case_key(r) for r in run["results"]))
+    figure, axes = plt.subplots(len(passes), 1, figsize=(max(6, 1.1 * len(cases) + 2),
+                                                         2.8 * len(passes)),
+                                squeeze=False, sharex=True)
+    bar_width = 0.8 / max(1, len(backends))
+    for ax, pass_name in zip(axes[:, 0], passes):
+        speedups = {(case_key(r), r["backend"]): r["speedup_vs_torch"]
+                    for r in run["results"] if r["pass"] == pass_name}
+        for i, backend in enumerate(backends):
+            xs = [x + (i - (len(backends) - 1) / 2) * bar_width for x in range(len(cases))]
+            # Bars grow from 1 (parity with torch): up when faster, down when slower.
+            heights = [speedups.get((case, backend)) or 1.0 for case in cases]
+            ax.bar(xs, [h - 1.0 for h in heights], bar_width, bottom=1.0, label=backend)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_ylabel("speedup vs torch")
+        ax.set_title(pass_name, fontsize=10)
+    axes[0, 0].legend(fontsize=8)
+    axes[-1, 0].set_xticks(range(len(cases)))
+    axes[-1, 0].set_xticklabels([case_label(c).replace(" ", "\n", 1) for c in cases],
+                                fontsize=7, rotation=30, ha="right")
+    figure.suptitle(f"affine_grid_sample speedup vs torch: {run['device']}, {run['date'][:10]}",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def train_table(run: dict) -> str:
+    rows = [[r["variant"], r["backend"], f"{r['ms_per_step']:.2f}", f"{r['images_per_s']:.0f}",
+             f"{r['epoch_s']:.1f}", f"{r['first_call_ms'] / 1e3:.2f}",
+             f"{r['speedup_vs_torch']:.2f}×" if r["speedup_vs_torch"] is not None else "–"]
+            for r in run["results"]]
+    return markdown_table(["variant", "backend", "ms / step", "images / s",
+                           f"s / epoch (derived, {run['epoch_images']:,} images)",
+                           "first step, s", "speedup vs torch (same variant)"], rows)
+
+
+def render(runs: List[dict], results_dir: Path, output: Path) -> str:
+    sections = ["# Benchmark results", "",
+                "Generated by `python benchmarks/summarize.py` from the JSON files in "
+                "`benchmarks/results/`; do not edit by hand. To record this machine again:",
+                "", RECORD_COMMANDS, "", "## Method", "", METHOD]
+    for run in runs:
+        if run["benchmark"] == "sampling":
+            plot_path = results_dir / f"{run['name']}.png"
+            plot_speedups(run, plot_path)
+            sections += ["", f"## Sampling: {run_title(run)}", "",
+                         run_header(run), "",
+                         f"![speedup vs torch]({os.path.relpath(plot_path, output.parent)})",
+                         "", sampling_tables(run) + skipped_lines(run)]
+        else:
+            sections += ["", f"## Training step: {run_title(run)}", "",
+                         run_header(run), "",
+                         f"Batch {run['batch']}, data: {run['data']}.", "",
+                         train_table(run) + skipped_lines(run)]
+    return "\n".join(sections) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--output", type=Path, default=RESULTS_MD)
+    args = parser.parse_args(argv)
+    runs = load_results(args.results_dir)
+    args.output.write_text(render(runs, args.results_dir, args.output))
+    print(f"wrote {args.output} from {len(runs)} result files")
+
+
+if __name__ == "__main__":
+    main()

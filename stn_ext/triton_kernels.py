@@ -1,0 +1,598 @@
+"""Triton backend of stn_ext.affine_grid_sample: the kernels, their launchers, and their
+registration as torch ops.
+
+The kernels replicate csrc/sampling_math.h operation for operation (same formulas in the same
+order, correctly rounded division, flip parity of reflections in floating point), so they match
+the C++ kernels to rounding, and the tests of that math carry over.
+
+Work split: one program per (image, block of BLOCK_PIXELS output pixels). A program computes its
+pixels' source points from theta once (no grid tensor is ever written), then loops over the
+channels in blocks of BLOCK_CHANNELS, on [BLOCK_CHANNELS, BLOCK_PIXELS] tiles whose pixels run
+fastest, like the rows of a contiguous image. The backward program adds grad_input into a
+float32 (float64) buffer with atomic adds, and reduces its pixels' theta gradient to six numbers
+stored per program, which the host sums over programs in a fixed order: grad_theta is
+deterministic and grad_grid never exists. Under torch.use_deterministic_algorithms(True) the
+input gradient takes a slower path without atomics (_deterministic_input_grad).
+
+Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd, as
+stn_ext/ops.py does for the C++ op, rather than ``torch.library.triton_op``. torch.compile and
+opcheck trace *into* a triton_op and call its Triton kernels with fake tensors: fine for compiled
+kernels, but the interpreter reads the fake tensors' data, so CPU tensors under TRITON_INTERPRET=1
+could be neither compiled nor op-checked. An opaque custom_op behaves the same on CUDA and in
+the interpreter, so the tests that run without a GPU exercise the registration GPUs use. The
+cost: inductor cannot fuse with or inline the kernels.
+"""
+import contextlib
+from typing import List, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .ops import output_memory_format
+
+# Offsets below this fit the kernels' 32-bit index arithmetic.
+_INT32_LIMIT = 2 ** 31
+# Block-size heuristic (see _block_sizes): elements per program tile, and its channel width.
+_TILE_ELEMENTS = 1024
+_MAX_BLOCK_CHANNELS = 16
+_MIN_BLOCK_PIXELS = 16
+_NUM_WARPS = 4
+# Sizes are never specialised: an axis of 1 pixel must not compile a kernel of its own.
+_SIZE_ARGS = ["channels", "in_h", "in_w", "out_h", "out_w"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Coordinate math (csrc/sampling_math.h)
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _div(numerator, denominator):
+    """Correctly rounded division: Triton's float32 `/` is approximate on NVIDIA GPUs."""
+    if denominator.dtype == tl.float64:
+        return numerator / denominator
+    else:
+        return tl.div_rn(numerator, denominator)
+
+
+@triton.jit
+def _base_coord(index, size, ALIGN_CORNERS: tl.constexpr, dtype):
+    """Element `index` of torch.linspace(-1, 1, size), evaluated from the nearer end, scaled by
+    (size - 1) / size unless ALIGN_CORNERS; 0 on a 1-pixel axis."""
+    size_f = size.to(dtype)
+    step = _div(2.0, tl.maximum(size_f - 1.0, 1.0))
+    from_start = -1.0 + step * index.to(dtype)
+    from_end = 1.0 - step * (size - 1 - index).to(dtype)
+    coord = tl.where(index < size // 2, from_start, from_end)
+    if not ALIGN_CORNERS:
+        coord = _div(coord * (size_f - 1.0), size_f)
+    return tl.where(size > 1, coord, 0.0)
+
+
+@triton.jit
+def _reflect(coord, low, span):
+    """Reflect into [low, low + span]; returns the coordinate and its derivative. The flip
+    parity is taken in floating point so that huge coordinates cannot overflow an integer."""
+    offset = coord - low
+    sign = tl.where(offset < 0.0, -1.0, 1.0)
+    offset = tl.abs(offset)
+    flips = tl.floor(_div(offset, tl.maximum(span, 1.0)))
+    # fmod(offset, span), exact while flips * span is (|coord| < 2**24 pixels in float32);
+    # the quotient may have rounded up to the next integer, leaving extra just below zero.
+    extra = offset - flips * span
+    extra = tl.where(extra < 0.0, extra + span, extra)
+    even = flips == 2.0 * tl.floor(flips * 0.5)
+    reflected = tl.where(even, extra + low, span - extra + low)
+    derivative = tl.where(even, sign, -sign)
+    # A 1-pixel axis with aligned corners has span 0: everything maps to pixel 0.
+    return tl.where(span > 0.0, reflected, 0.0), tl.where(span > 0.0, derivative, 0.0)
+
+
+@triton.jit
+def _source_index(coord, size, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr):
+    """Normalised coordinate -> padded pixel coordinate along one axis, with its derivative."""
+    size_f = size.to(coord.dtype)
+    if ALIGN_CORNERS:
+        pixel = (coord + 1.0) * 0.5 * (size_f - 1.0)
+        derivative = (size_f - 1.0) * 0.5
+    else:
+        pixel = ((coord + 1.0) * size_f - 1.0) * 0.5
+        derivative = size_f * 0.5
+    if PADDING != "zeros":
+        if PADDING == "reflection":
+            if ALIGN_CORNERS:
+                pixel, d_reflect = _reflect(pixel, 0.0, size_f - 1.0)
+            else:
+                pixel, d_reflect = _reflect(pixel, -0.5, size_f)
+            derivative = derivative * d_reflect
+        high = size_f - 1.0
+        clamped = (pixel <= 0.0) | (pixel >= high)
+        pixel = tl.where(pixel <= 0.0, 0.0, tl.where(pixel >= high, high, pixel))
+        derivative = tl.where(clamped, 0.0, derivative)
+    return pixel, derivative
+
+
+@triton.jit
+def _source_points(theta_ptr, image, pixels, in_h, in_w, out_h, out_w,
+                   PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr):
+    """Where output pixels `pixels` of `image` sample the input: the base coordinates, the
+    padded pixel coordinates (ix, iy) and their derivatives d(ix)/d(grid_x), d(iy)/d(grid_y)."""
+    dtype = theta_ptr.dtype.element_ty
+    theta = theta_ptr + image * 6
+    t00 = tl.load(theta + 0)
+    t01 = tl.load(theta + 1)
+    t02 = tl.load(theta + 2)
+    t10 = tl.load(theta + 3)
+    t11 = tl.load(theta + 4)
+    t12 = tl.load(theta + 5)
+    base_x = _base_coord(pixels % out_w, out_w, ALIGN_CORNERS, dtype)
+    base_y = _base_coord(pixels // out_w, out_h, ALIGN_CORNERS, dtype)
+    grid_x = t00 * base_x + t01 * base_y + t02
+    grid_y = t10 * base_x + t11 * base_y + t12
+    ix, dix = _source_index(grid_x, in_w, PADDING, ALIGN_CORNERS)
+    iy, diy = _source_index(grid_y, in_h, PADDING, ALIGN_CORNERS)
+    return base_x, base_y, ix, iy, dix, diy
+
+
+@triton.jit
+def _program_pixels(out_h, out_w, BLOCK_PIXELS: tl.constexpr, INDEX_DTYPE: tl.constexpr):
+    """This program's image and block of output pixels (row-major indices), and which of them
+    exist (the last block of an image has a tail)."""
+    pixel_count = out_h.to(INDEX_DTYPE) * out_w
+    blocks_per_image = tl.cdiv(pixel_count, BLOCK_PIXELS)
+    image = tl.program_id(0) // blocks_per_image
+    pixels = (tl.program_id(0) % blocks_per_image) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    return image, pixels, pixels < pixel_count
+
+
+@triton.jit
+def _near_points(ix, iy, pixel_ok, in_h, in_w):
+    """Which points are not far outside the input (nor NaN): the others read only zero
+    padding. Checked in floating point; the others' coordinates become 0, so that the casts to
+    integers that follow never see huge or NaN values."""
+    near = pixel_ok & (ix > -2.0) & (ix < in_w + 1.0) & (iy > -2.0) & (iy < in_h + 1.0)
+    return near, tl.where(near, ix, 0.0), tl.where(near, iy, 0.0)
+
+
+@triton.jit
+def _nearest_index(coord, INDEX_DTYPE: tl.constexpr):
+    """Nearest pixel, rounding half to even like std::nearbyint (coord - floor(coord) is exact)."""
+    below = tl.floor(coord)
+    frac = coord - below
+    odd = below - 2.0 * tl.floor(below * 0.5)
+    nearest = tl.where(frac > 0.5, below + 1.0, tl.where(frac < 0.5, below, below + odd))
+    return nearest.to(INDEX_DTYPE)
+
+
+@triton.jit
+def _nearest_tap(ix, iy, near, in_h, in_w, INDEX_DTYPE: tl.constexpr):
+    """The pixel (x, y) a nearest sample reads, and whether it is in the image."""
+    x = _nearest_index(ix, INDEX_DTYPE)
+    y = _nearest_index(iy, INDEX_DTYPE)
+    return x, y, near & (x >= 0) & (x < in_w) & (y >= 0) & (y < in_h)
+
+
+@triton.jit
+def _bilinear_stencil(ix, iy, near, in_h, in_w, INDEX_DTYPE: tl.constexpr):
+    """The 2x2 neighbourhood of a bilinear sample: its top-left pixel (x0, y0), the weights of
+    its west/east columns and north/south rows (corner weights are their products, as in ATen),
+    and which of its taps 00, 01, 10, 11 (row, column) are in the image."""
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
+    west = x0f + 1.0 - ix
+    east = ix - x0f
+    north = y0f + 1.0 - iy
+    south = iy - y0f
+    x0 = x0f.to(INDEX_DTYPE)
+    y0 = y0f.to(INDEX_DTYPE)
+    x0_ok = (x0 >= 0) & (x0 < in_w)
+    x1_ok = (x0 + 1 >= 0) & (x0 + 1 < in_w)
+    y0_ok = near & (y0 >= 0) & (y0 < in_h)
+    y1_ok = near & (y0 + 1 >= 0) & (y0 + 1 < in_h)
+    return (x0, y0, west, east, north, south,
+            y0_ok & x0_ok, y0_ok & x1_ok, y1_ok & x0_ok, y1_ok & x1_ok)
+
+
+@triton.jit
+def _load_stencil(src, tap00, sh, sw, ok00, ok01, ok10, ok11, c_ok, dtype):
+    """The four taps of a bilinear stencil for a block of channels (c_ok: [BLOCK_CHANNELS, 1]),
+    taps outside the image read as 0, in the compute precision."""
+    v00 = tl.load(src + tap00[None, :], mask=ok00[None, :] & c_ok, other=0.0)
+    v01 = tl.load(src + (tap00 + sw)[None, :], mask=ok01[None, :] & c_ok, other=0.0)
+    v10 = tl.load(src + (tap00 + sh)[None, :], mask=ok10[None, :] & c_ok, other=0.0)
+    v11 = tl.load(src + (tap00 + sh + sw)[None, :], mask=ok11[None, :] & c_ok, other=0.0)
+    return v00.to(dtype), v01.to(dtype), v10.to(dtype), v11.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward kernel
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _forward_kernel(
+    input_ptr, theta_ptr, output_ptr,
+    channels, in_h, in_w, out_h, out_w,
+    in_sn, in_sc, in_sh, in_sw,
+    out_sn, out_sc, out_s_pixel,
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+):
+    # The output is contiguous or channels_last: pixel p of a channel is at p * out_s_pixel,
+    # which lets Triton see contiguous pixels and vectorise the stores of a contiguous output.
+    index_dtype = tl.int64 if INDEX_64 else tl.int32
+    dtype = theta_ptr.dtype.element_ty
+    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    _, _, ix, iy, _, _ = _source_points(theta_ptr, image, pixels, in_h, in_w, out_h, out_w,
+                                        PADDING, ALIGN_CORNERS)
+    near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
+    if MODE == "nearest":
+        x, y, tap_ok = _nearest_tap(ix, iy, near, in_h, in_w, index_dtype)
+        tap = y * in_sh + x * in_sw
+    else:
+        x0, y0, west, east, north, south, ok00, ok01, ok10, ok11 = _bilinear_stencil(
+            ix, iy, near, in_h, in_w, index_dtype)
+        tap00 = y0 * in_sh + x0 * in_sw
+
+    input_image = input_ptr + image.to(tl.int64) * in_sn
+    output_image = output_ptr + image.to(tl.int64) * out_sn
+    for c_start in range(0, channels, BLOCK_CHANNELS):
+        c = (c_start + tl.arange(0, BLOCK_CHANNELS)).to(index_dtype)
+        c_ok = (c < channels)[:, None]
+        src = input_image + c[:, None] * in_sc
+        if MODE == "nearest":
+            value = tl.load(src + tap[None, :], mask=tap_ok[None, :] & c_ok, other=0.0).to(dtype)
+        else:
+            v00, v01, v10, v11 = _load_stencil(src, tap00, in_sh, in_sw, ok00, ok01, ok10, ok11,
+                                               c_ok, dtype)
+            # The C++ kernels' order of additions (a skipped tap there adds an exact zero here).
+            value = ((west * north)[None, :] * v00 + (east * north)[None, :] * v01
+                     + (west * south)[None, :] * v10 + (east * south)[None, :] * v11)
+        dst = output_image + c[:, None] * out_sc + (pixels * out_s_pixel)[None, :]
+        tl.store(dst, value.to(output_ptr.dtype.element_ty), mask=pixel_ok[None, :] & c_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward kernel
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _backward_kernel(
+    grad_output_ptr, input_ptr, theta_ptr, grad_input_ptr, theta_partials_ptr,
+    channels, in_h, in_w, out_h, out_w,
+    go_sn, go_sc, go_sh, go_sw,
+    in_sn, in_sc, in_sh, in_sw,
+    gi_sn, gi_sc, gi_sh, gi_sw,
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    NEED_INPUT_GRAD: tl.constexpr, NEED_THETA_GRAD: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+):
+    # NEED_THETA_GRAD only in bilinear mode: nearest sampling has a zero theta gradient.
+    index_dtype = tl.int64 if INDEX_64 else tl.int32
+    dtype = theta_ptr.dtype.element_ty
+    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    base_x, base_y, ix, iy, dix, diy = _source_points(
+        theta_ptr, image, pixels, in_h, in_w, out_h, out_w, PADDING, ALIGN_CORNERS)
+    near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
+    if MODE == "nearest":
+        x, y, tap_ok = _nearest_tap(ix, iy, near, in_h, in_w, index_dtype)
+        grad_tap = y * gi_sh + x * gi_sw
+    else:
+        x0, y0, west, east, north, south, ok00, ok01, ok10, ok11 = _bilinear_stencil(
+            ix, iy, near, in_h, in_w, index_dtype)
+        grad_tap00 = y0 * gi_sh + x0 * gi_sw
+        tap00 = y0 * in_sh + x0 * in_sw
+
+    grad_output_image = grad_output_ptr + image.to(tl.int64) * go_sn
+    input_image = input_ptr + image.to(tl.int64) * in_sn
+    grad_input_image = grad_input_ptr + image.to(tl.int64) * gi_sn
+    go_offset = (pixels // out_w) * go_sh + (pixels % out_w) * go_sw
+    # d(loss)/d(ix), d(loss)/d(iy) of each pixel, summed over channels.
+    grad_ix = tl.zeros([BLOCK_PIXELS], dtype)
+    grad_iy = tl.zeros([BLOCK_PIXELS], dtype)
+    for c_start in range(0, channels, BLOCK_CHANNELS):
+        c = (c_start + tl.arange(0, BLOCK_CHANNELS)).to(index_dtype)
+        c_ok = (c < channels)[:, None]
+        g = tl.load(grad_output_image + c[:, None] * go_sc + go_offset[None, :],
+                    mask=pixel_ok[None, :] & c_ok, other=0.0).to(dtype)
+        if NEED_INPUT_GRAD:
+            dst = grad_input_image + c[:, None] * gi_sc
+            if MODE == "nearest":
+                tl.atomic_add(dst + grad_tap[None, :], g, mask=tap_ok[None, :] & c_ok,
+                              sem="relaxed")
+            else:
+                tl.atomic_add(dst + grad_tap00[None, :], (west * north)[None, :] * g,
+                              mask=ok00[None, :] & c_ok, sem="relaxed")
+                tl.atomic_add(dst + (grad_tap00 + gi_sw)[None, :], (east * north)[None, :] * g,
+                              mask=ok01[None, :] & c_ok, sem="relaxed")
+                tl.atomic_add(dst + (grad_tap00 + gi_sh)[None, :], (west * south)[None, :] * g,
+                              mask=ok10[None, :] & c_ok, sem="relaxed")
+                tl.atomic_add(dst + (grad_tap00 + gi_sh + gi_sw)[None, :],
+                              (east * south)[None, :] * g, mask=ok11[None, :] & c_ok,
+                              sem="relaxed")
+        if NEED_THETA_GRAD:
+            v00, v01, v10, v11 = _load_stencil(input_image + c[:, None] * in_sc, tap00, in_sh,
+                                               in_sw, ok00, ok01, ok10, ok11, c_ok, dtype)
+            d_ix = (v01 - v00) * north[None, :] + (v11 - v10) * south[None, :]
+            d_iy = (v10 - v00) * west[None, :] + (v11 - v01) * east[None, :]
+            grad_ix += tl.sum(g * d_ix, axis=0)
+            grad_iy += tl.sum(g * d_iy, axis=0)
+
+    if NEED_THETA_GRAD:
+        # Chain rule through the affine map: grid_x = theta[0] . (bx, by, 1), likewise grid_y.
+        grad_gx = tl.where(near, grad_ix * dix, 0.0)
+        grad_gy = tl.where(near, grad_iy * diy, 0.0)
+        partial = theta_partials_ptr + tl.program_id(0).to(tl.int64) * 6
+        tl.store(partial + 0, tl.sum(grad_gx * base_x, axis=0))
+        tl.store(partial + 1, tl.sum(grad_gx * base_y, axis=0))
+        tl.store(partial + 2, tl.sum(grad_gx, axis=0))
+        tl.store(partial + 3, tl.sum(grad_gy * base_x, axis=0))
+        tl.store(partial + 4, tl.sum(grad_gy * base_y, axis=0))
+        tl.store(partial + 5, tl.sum(grad_gy, axis=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stencil kernel (the deterministic input gradient)
+# ----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _store_tap(tap_index_ptr, tap_weight_ptr, offset, row, weight, inside, pixel_ok):
+    tl.store(tap_index_ptr + offset, tl.where(inside, row, 0), mask=pixel_ok)
+    tl.store(tap_weight_ptr + offset, weight, mask=pixel_ok)
+
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _stencil_kernel(
+    theta_ptr, tap_index_ptr, tap_weight_ptr,
+    in_h, in_w, out_h, out_w,
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
+):
+    """The taps of every output pixel as rows of an (1 + N * H * W, C) matrix of input pixels:
+    row 1 + (n * H + y) * W + x, or the spare row 0 for a tap outside the image; with their
+    weights. Tap k of pixel p of image n goes to [n, k, p] of tap_index and tap_weight."""
+    index_dtype = tl.int64 if INDEX_64 else tl.int32
+    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    _, _, ix, iy, _, _ = _source_points(theta_ptr, image, pixels, in_h, in_w, out_h, out_w,
+                                        PADDING, ALIGN_CORNERS)
+    near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
+    first_row = 1 + image.to(tl.int64) * in_h * in_w
+    pixel_count = out_h.to(tl.int64) * out_w
+    if MODE == "nearest":
+        x, y, inside = _nearest_tap(ix, iy, near, in_h, in_w, index_dtype)
+        out = image.to(tl.int64) * pixel_count + pixels
+        _store_tap(tap_index_ptr, tap_weight_ptr, out, first_row + y * in_w + x, 1.0, inside,
+                   pixel_ok)
+    else:
+        x0, y0, west, east, north, south, ok00, ok01, ok10, ok11 = _bilinear_stencil(
+            ix, iy, near, in_h, in_w, index_dtype)
+        row00 = first_row + y0 * in_w + x0
+        out = image.to(tl.int64) * 4 * pixel_count + pixels
+        _store_tap(tap_index_ptr, tap_weight_ptr, out, row00, west * north, ok00, pixel_ok)
+        _store_tap(tap_index_ptr, tap_weight_ptr, out + pixel_count, row00 + 1, east * north,
+                   ok01, pixel_ok)
+        _store_tap(tap_index_ptr, tap_weight_ptr, out + 2 * pixel_count, row00 + in_w,
+                   west * south, ok10, pixel_ok)
+        _store_tap(tap_index_ptr, tap_weight_ptr, out + 3 * pixel_count, row00 + in_w + 1,
+                   east * south, ok11, pixel_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+# Triton compiles only JITFunctions; under TRITON_INTERPRET=1 the decorators above returned
+# interpreted functions, which run on CPU tensors.
+INTERPRETED = not isinstance(_forward_kernel, triton.runtime.JITFunction)
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type != "cuda" and not (device.type == "cpu" and INTERPRETED):
+        raise ValueError(f"the Triton backend needs CUDA tensors (or CPU tensors with "
+                         f"TRITON_INTERPRET=1 set before stn_ext.triton_kernels is imported), "
+                         f"got tensors on {device}")
+
+
+def _device_of(tensor: torch.Tensor):
+    """Make the tensor's GPU current: Triton launches on the current CUDA device."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision of the coordinate math and accumulations (as at::opmath_type)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether an element offset within one image (or a pixel count) may overflow int32;
+    the image offset itself is always computed in 64 bits."""
+    for t in tensors:
+        extent = sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]))
+        if extent >= _INT32_LIMIT or t.shape[2] * t.shape[3] >= _INT32_LIMIT:
+            return True
+    return False
+
+
+def _block_sizes(channels: int, pixels: int) -> Tuple[int, int]:
+    """(BLOCK_PIXELS, BLOCK_CHANNELS) of a _TILE_ELEMENTS tile: all channels at once up to
+    _MAX_BLOCK_CHANNELS, the rest of the tile in pixels. Depends on C and Ho*Wo only, so a new
+    batch size never compiles a new kernel."""
+    block_channels = min(triton.next_power_of_2(max(channels, 1)), _MAX_BLOCK_CHANNELS)
+    block_pixels = max(_MIN_BLOCK_PIXELS, min(_TILE_ELEMENTS // block_channels,
+                                              triton.next_power_of_2(max(pixels, 1))))
+    return block_pixels, block_channels
+
+
+def _theta_in_compute_dtype(theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """theta as the kernels read it: (N, 6) contiguous in the compute precision."""
+    return theta.to(dtype).contiguous().view(-1, 6)
+
+
+def affine_grid_sample_forward(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,
+                               mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+    """Launch the forward kernel; returns (N, C, out_h, out_w) in the input's dtype and layout."""
+    _check_device(input.device)
+    batch, channels, in_h, in_w = input.shape
+    output = torch.empty((batch, channels, out_h, out_w), dtype=input.dtype, device=input.device,
+                         memory_format=output_memory_format(input))
+    if output.numel() == 0:
+        return output
+    block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
+    grid = (batch * triton.cdiv(out_h * out_w, block_pixels),)
+    with _device_of(input):
+        _forward_kernel[grid](
+            input, _theta_in_compute_dtype(theta, _compute_dtype(input.dtype)), output,
+            channels, in_h, in_w, out_h, out_w,
+            *input.stride(), output.stride(0), output.stride(1), output.stride(3),
+            MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+            INDEX_64=_needs_int64(input, output),
+            BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
+    return output
+
+
+def _deterministic_input_grad(grad_output: torch.Tensor, input: torch.Tensor,
+                              theta_compute: torch.Tensor, mode: str, padding_mode: str,
+                              align_corners: bool) -> torch.Tensor:
+    """grad_input without atomics, for torch.use_deterministic_algorithms(True): the stencil
+    kernel lists every (input pixel, weight) tap, and index_add_ (deterministic on CUDA in that
+    mode: it sorts the indices) accumulates weight * grad_output rows in a fixed order. Costs
+    taps x the size of grad_output in memory; returned in the compute precision."""
+    batch, channels, in_h, in_w = input.shape
+    out_h, out_w = grad_output.shape[2:]
+    taps = 1 if mode == "nearest" else 4
+    shape = (batch, taps, out_h * out_w)
+    tap_index = torch.empty(shape, dtype=torch.int64, device=input.device)
+    tap_weight = torch.empty(shape, dtype=theta_compute.dtype, device=input.device)
+    block_pixels, _ = _block_sizes(1, out_h * out_w)
+    with _device_of(input):
+        _stencil_kernel[(batch * triton.cdiv(out_h * out_w, block_pixels),)](
+            theta_compute, tap_index, tap_weight, in_h, in_w, out_h, out_w,
+            MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+            INDEX_64=_needs_int64(input, grad_output), BLOCK_PIXELS=block_pixels,
+            num_warps=_NUM_WARPS)
+    # (N, taps, pixels, C) contributions, one row per tap.
+    pixel_grads = grad_output.to(theta_compute.dtype).flatten(2).transpose(1, 2).unsqueeze(1)
+    contributions = (tap_weight.unsqueeze(-1) * pixel_grads).reshape(-1, channels)
+    rows = torch.zeros((1 + batch * in_h * in_w, channels), dtype=theta_compute.dtype,
+                       device=input.device)
+    rows.index_add_(0, tap_index.view(-1), contributions)
+    return (rows[1:].view(batch, in_h, in_w, channels).permute(0, 3, 1, 2)
+            .contiguous(memory_format=output_memory_format(input)))
+
+
+def affine_grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor,
+                                theta: torch.Tensor, mode: str, padding_mode: str,
+                                align_corners: bool,
+                                output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launch the backward kernel for the gradients output_mask asks for; one not asked for
+    comes back as an empty tensor. Under torch.use_deterministic_algorithms(True) grad_input
+    comes from _deterministic_input_grad instead of atomic adds (grad_theta is deterministic
+    either way)."""
+    _check_device(input.device)
+    need_input_grad, need_theta_grad = output_mask
+    batch, channels, in_h, in_w = input.shape
+    out_h, out_w = grad_output.shape[2:]
+    compute_dtype = _compute_dtype(input.dtype)
+    theta_compute = _theta_in_compute_dtype(theta, compute_dtype)
+    block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
+    blocks_per_image = triton.cdiv(out_h * out_w, block_pixels)
+    empty = grad_output.numel() == 0
+    deterministic_input_grad = (need_input_grad and not empty
+                                and torch.are_deterministic_algorithms_enabled())
+    # Nearest sampling is piecewise constant in theta: its gradient is zero, no kernel needed.
+    theta_grad_in_kernel = need_theta_grad and mode == "bilinear" and not empty
+    input_grad_in_kernel = need_input_grad and not deterministic_input_grad
+
+    grad_input = (torch.zeros_like(input, dtype=compute_dtype,
+                                   memory_format=output_memory_format(input))
+                  if input_grad_in_kernel else input.new_empty(0))
+    theta_partials = torch.zeros((batch, blocks_per_image if theta_grad_in_kernel else 0, 6),
+                                 dtype=compute_dtype, device=input.device)
+    if (input_grad_in_kernel and not empty) or theta_grad_in_kernel:
+        # Outputs not asked for get a stand-in pointer that the kernel never touches.
+        grad_input_arg = grad_input if input_grad_in_kernel else input
+        partials_arg = theta_partials if theta_grad_in_kernel else theta_compute
+        with _device_of(input):
+            _backward_kernel[(batch * blocks_per_image,)](
+                grad_output, input, theta_compute, grad_input_arg, partials_arg,
+                channels, in_h, in_w, out_h, out_w,
+                *grad_output.stride(), *input.stride(), *grad_input_arg.stride(),
+                MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+                NEED_INPUT_GRAD=input_grad_in_kernel, NEED_THETA_GRAD=theta_grad_in_kernel,
+                INDEX_64=_needs_int64(grad_output, input, grad_input_arg),
+                BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
+    if deterministic_input_grad:
+        grad_input = _deterministic_input_grad(grad_output, input, theta_compute, mode,
+                                               padding_mode, align_corners)
+
+    grad_input = grad_input.to(input.dtype)  # keeps the layout
+    grad_theta = (theta_partials.sum(1).view(batch, 2, 3).to(theta.dtype) if need_theta_grad
+                  else theta.new_empty(0))
+    return grad_input, grad_theta
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration: ops, fake kernels, autograd, autocast (as stn_ext/ops.py for the C++ op)
+# ----------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("stn_ext::triton_affine_grid_sample", mutates_args=())
+def _affine_grid_sample_op(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,
+                           mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+    return affine_grid_sample_forward(input, theta, out_h, out_w, mode, padding_mode,
+                                      align_corners)
+
+
+@_affine_grid_sample_op.register_fake
+def _affine_grid_sample_fake(input, theta, out_h, out_w, mode, padding_mode, align_corners):
+    return torch.empty((input.shape[0], input.shape[1], out_h, out_w), dtype=input.dtype,
+                       device=input.device, memory_format=output_memory_format(input))
+
+
+@torch.library.custom_op("stn_ext::triton_affine_grid_sample_backward", mutates_args=())
+def _affine_grid_sample_backward_op(grad_output: torch.Tensor, input: torch.Tensor,
+                                    theta: torch.Tensor, mode: str, padding_mode: str,
+                                    align_corners: bool,
+                                    output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    return affine_grid_sample_backward(grad_output, input, theta, mode, padding_mode,
+                                       align_corners, output_mask)
+
+
+@_affine_grid_sample_backward_op.register_fake
+def _affine_grid_sample_backward_fake(grad_output, input, theta, mode, padding_mode,
+                                      align_corners, output_mask):
+    grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                              memory_format=output_memory_format(input))
+                  if output_mask[0] else input.new_empty(0))
+    grad_theta = (torch.empty((theta.shape[0], 2, 3), dtype=theta.dtype, device=theta.device)
+                  if output_mask[1] else theta.new_empty(0))
+    return grad_input, grad_theta
+
+
+def _setup_context(ctx, inputs, output):
+    input, theta, _out_h, _out_w, mode, padding_mode, align_corners = inputs
+    ctx.save_for_backward(input, theta)
+    ctx.sample_args = (mode, padding_mode, align_corners)
+
+
+def _backward(ctx, grad_output):
+    input, theta = ctx.saved_tensors
+    need_input, need_theta = ctx.needs_input_grad[:2]
+    grad_input, grad_theta = torch.ops.stn_ext.triton_affine_grid_sample_backward(
+        grad_output, input, theta, *ctx.sample_args, [need_input, need_theta])
+    return (grad_input if need_input else None, grad_theta if need_theta else None,
+            None, None, None, None, None)
+
+
+_affine_grid_sample_op.register_autograd(_backward, setup_context=_setup_context)
+
+# Like F.grid_sample, run in float32 under autocast (sampling positions need the precision).
+for _device_type in ("cpu", "cuda"):
+    torch.library.register_autocast("stn_ext::triton_affine_grid_sample", _device_type,
+                                    torch.float32)
+
+
+def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,
+                       mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+    """The Triton backend of stn_ext.affine_grid_sample, for arguments it has validated."""
+    _check_device(input.device)
+    return torch.ops.stn_ext.triton_affine_grid_sample(input, theta, out_h, out_w, mode,
+                                                       padding_mode, align_corners)

@@ -1,0 +1,75 @@
+"""The benchmark scripts run end to end and write the JSON schema of issue 4; summarize.py turns
+their files into RESULTS.md and a plot. No timing thresholds: only that every time is positive."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO_ROOT / "benchmarks"
+# Shorter than --quick's defaults, to keep CI fast; the script paths are the same.
+FAST_OPTIONS = ["--min-run-time", "0.02", "--shapes", "stn"]
+
+RUN_KEYS = {"device", "torch", "triton", "commit", "date", "results"}
+SAMPLING_ROW_KEYS = {"backend", "pass", "shape", "dtype", "mode", "padding_mode",
+                     "channels_last", "ms", "gbps", "pct_of_copy"}
+TRAIN_ROW_KEYS = {"backend", "variant", "batch", "ms_per_step", "images_per_s", "epoch_s"}
+
+
+def run_script(name: str, *args: str) -> None:
+    subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=REPO_ROOT, check=True,
+                   timeout=600)
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory) -> Path:
+    """One quick CPU run of each script, written where summarize.py can read them."""
+    directory = tmp_path_factory.mktemp("results")
+    run_script("bench_sampling.py", "--quick", "--device", "cpu", "--json",
+               str(directory / "sampling.json"), "--passes", "fwd,bwd,fwd+bwd", *FAST_OPTIONS)
+    run_script("bench_train.py", "--quick", "--device", "cpu", "--json",
+               str(directory / "train.json"), "--min-run-time", "0.02")
+    return directory
+
+
+def load(path: Path) -> dict:
+    run = json.loads(path.read_text())
+    assert RUN_KEYS <= run.keys()
+    assert isinstance(run["device"], str) and run["device"]
+    assert run["skipped"] == []
+    return run
+
+
+def test_bench_sampling_json(results_dir):
+    run = load(results_dir / "sampling.json")
+    assert run["benchmark"] == "sampling"
+    rows = run["results"]
+    assert {(row["backend"], row["pass"]) for row in rows} == {
+        (backend, pass_name) for backend in ("torch", "cpu")
+        for pass_name in ("fwd", "bwd", "fwd+bwd")}
+    for row in rows:
+        assert SAMPLING_ROW_KEYS <= row.keys()
+        assert row["shape"] == [64, 3, 32, 32, 32, 32]
+        assert row["dtype"] == "float32" and row["channels_last"] is False
+        assert row["ms"] > 0 and row["gbps"] > 0 and row["pct_of_copy"] > 0
+
+
+def test_bench_train_json(results_dir):
+    run = load(results_dir / "train.json")
+    assert run["benchmark"] == "train"
+    assert [(row["backend"], row["variant"]) for row in run["results"]] == [
+        ("torch", "eager"), ("cpu", "eager")]
+    for row in run["results"]:
+        assert TRAIN_ROW_KEYS <= row.keys()
+        assert row["ms_per_step"] > 0 and row["images_per_s"] > 0
+
+
+def test_summarize(results_dir):
+    output = results_dir / "RESULTS.md"
+    run_script("summarize.py", "--results-dir", str(results_dir), "--output", str(output))
+    text = output.read_text()
+    assert "## Sampling: " in text and "## Training step: " in text
+    assert "| 64x3x32x32->32x32 float32 | fwd | " in text
+    assert (results_dir / "sampling.png").stat().st_size > 0

@@ -1,0 +1,426 @@
+"""stn_ext.affine_grid_sample against PyTorch's F.affine_grid + F.grid_sample: forward values,
+gradients, layouts, dtypes, extreme thetas and determinism, on every backend that runs here."""
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _reference import (CONFIG_IDS, CONFIGS, DTYPES, TOLERANCES, Backend, assert_close,
+                        expected_memory_format, grads, make_case, max_abs, out_hw, pixel_coords,
+                        random_input, random_theta, reference, run, seed_of)
+
+# (input shape, size): square and non-square, up- and down-sampling, batch 1 and larger,
+# 1-pixel input and output edges.
+SHAPES = {
+    "square": ((2, 3, 8, 8), None),
+    "up-nonsquare": ((2, 3, 5, 7), (9, 13)),
+    "down-nonsquare": ((3, 2, 12, 10), (5, 4)),
+    "batch1": ((1, 4, 6, 9), (7, 6)),
+    "in-H1": ((2, 3, 1, 9), (4, 6)),
+    "in-W1": ((2, 3, 7, 1), (5, 3)),
+    "in-1x1": ((2, 3, 1, 1), (3, 4)),
+    "out-H1": ((2, 3, 6, 7), (1, 5)),
+    "out-W1": ((2, 3, 6, 7), (4, 1)),
+    "out-1x1": ((2, 3, 6, 7), (1, 1)),
+}
+DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
+
+
+def sampler(backend, size, config):
+    return lambda x, theta: run(backend, x, theta, size, **config)
+
+
+def ref_sampler(size, config):
+    return lambda x, theta: reference(x, theta, size, **config)
+
+
+def assert_grads_match(backend, x, theta, size, config, grad_output, extra_atol=0.0):
+    """Output and both gradients of the op equal those of the reference composition."""
+    dtype = x.dtype
+    out, gx, gth = grads(sampler(backend, size, config), x, theta, grad_output)
+    ref, rgx, rgth = grads(ref_sampler(size, config), x, theta, grad_output)
+    assert_close(out, ref, dtype, "output", extra_atol=extra_atol)
+    for name, got, want in (("grad input", gx, rgx), ("grad theta", gth, rgth)):
+        assert got.dtype == want.dtype == dtype, name
+        # Both gradients are sums over output pixels: tolerance relative to their size.
+        assert_close(got, want, dtype, name, scale=max_abs(want), extra_atol=extra_atol)
+    if config["mode"] == "nearest":
+        assert torch.count_nonzero(gth) == 0, "nearest mode must give theta exactly zero grad"
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("shape,size", SHAPES.values(), ids=SHAPES.keys())
+def test_forward_parity(backend, shape, size, config, dtype):
+    x, theta = make_case(backend, shape, size, config, dtype, seed_of(shape, size, config))
+    out = run(backend, x, theta, size, **config)
+    assert out.shape == (*shape[:2], *out_hw(shape, size))
+    assert out.dtype == dtype and out.device == x.device
+    assert out.is_contiguous()
+    assert_close(out, reference(x, theta, size, **config), dtype, "output")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("shape,size", SHAPES.values(), ids=SHAPES.keys())
+def test_gradient_parity(backend, shape, size, config, dtype):
+    seed = seed_of(shape, size, config)
+    x, theta = make_case(backend, shape, size, config, dtype, seed, requires_grad=True)
+    grad_output = random_input((*shape[:2], *out_hw(shape, size)), seed=seed + 1, dtype=dtype,
+                               device=backend.device)
+    assert_grads_match(backend, x, theta, size, config, grad_output)
+
+
+@pytest.mark.parametrize("wrt", ["both", "input", "theta"])
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("shape,size", [((2, 2, 4, 5), (3, 6)), ((1, 3, 3, 1), (2, 4))],
+                         ids=["up", "W1"])
+def test_gradcheck(backend, shape, size, config, wrt, num_threads):
+    x, theta = make_case(backend, shape, size, config, torch.float64, seed_of(shape, config))
+    x.requires_grad_(wrt != "theta")
+    theta.requires_grad_(wrt != "input")
+    # gradcheck runs the op a few hundred times on tiny tensors: one thread, since on a loaded
+    # 2-core machine every parallel region can wait on a descheduled thread (20x slower here).
+    # Parallel execution is covered by the parity and thread-count tests.
+    torch.set_num_threads(1)
+    assert torch.autograd.gradcheck(sampler(backend, size, config), (x, theta))
+
+
+@pytest.mark.parametrize("wrt", ["input", "theta", "none"])
+def test_partial_requires_grad(backend, wrt):
+    """Only the gradient asked for is produced (the other leaf's .grad stays None)."""
+    shape, size = (2, 3, 6, 5), (4, 7)
+    config = dict(mode="bilinear", padding_mode="reflection", align_corners=False)
+    x, theta = make_case(backend, shape, size, config, torch.float64, seed_of("partial"))
+    x.requires_grad_(wrt == "input")
+    theta.requires_grad_(wrt == "theta")
+    out = run(backend, x, theta, size, **config)
+    assert out.requires_grad == (wrt != "none")
+    if wrt == "none":
+        return
+    grad_output = torch.randn_like(out)
+    out.backward(grad_output)
+    leaf, other = (x, theta) if wrt == "input" else (theta, x)
+    assert other.grad is None
+    _, rgx, rgth = grads(ref_sampler(size, config), x.detach().requires_grad_(wrt == "input"),
+                         theta.detach().requires_grad_(wrt == "theta"), grad_output)
+    assert_close(leaf.grad, rgx if wrt == "input" else rgth, torch.float64, f"grad {wrt}")
+
+
+def test_auto_backend_is_the_device_kernel(backend):
+    config = dict(mode="bilinear", padding_mode="border", align_corners=True)
+    x, theta = make_case(backend, (2, 3, 7, 6), (5, 8), config, torch.float32, seed_of("auto"))
+    explicit = run(backend, x, theta, (5, 8), **config)
+    auto = run(Backend("auto", backend.device), x, theta, (5, 8), **config)
+    assert torch.equal(auto, explicit)
+
+
+@pytest.mark.parametrize("form", ["none", "tuple", "list", "size2", "size4"])
+def test_size_forms(backend, form):
+    shape = (2, 3, 6, 9)
+    ho, wo = (6, 9) if form == "none" else (4, 11)
+    size = {"none": None, "tuple": (ho, wo), "list": [ho, wo], "size2": torch.Size([ho, wo]),
+            "size4": torch.Size([2, 3, ho, wo])}[form]
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    x, theta = make_case(backend, shape, size, config, torch.float64, seed_of("size"))
+    out = run(backend, x, theta, size, **config)
+    assert out.shape == (2, 3, ho, wo)
+    assert_close(out, reference(x, theta, (ho, wo), **config), torch.float64, "output")
+
+
+# --- layouts -----------------------------------------------------------------------------------
+
+N, C, H, W = 3, 4, 6, 7
+
+
+def _input_view(kind, base):
+    """The (N, C, H, W) view of `base` that each input layout test feeds to the op."""
+    return {
+        "contiguous": lambda b: b,
+        "channels_last": lambda b: b.permute(0, 3, 1, 2),      # base is (N, H, W, C)
+        "sliced": lambda b: b[:, 1:C + 1, ::2, 2:W + 2],        # base is (N, C+2, 2H, W+3)
+        "transposed": lambda b: b.transpose(2, 3),              # base is (N, C, W, H)
+        "channels_last_sliced": lambda b: b.permute(0, 3, 1, 2)[:, :C, ::2],  # (N, 2H, W, C+1)
+        "batch_broadcast": lambda b: b.expand(N, C, H, W),      # base is (1, C, H, W)
+    }[kind](base)
+
+
+INPUT_BASES = {"contiguous": (N, C, H, W), "channels_last": (N, H, W, C),
+               "sliced": (N, C + 2, 2 * H, W + 3), "transposed": (N, C, W, H),
+               "channels_last_sliced": (N, 2 * H, W, C + 1), "batch_broadcast": (1, C, H, W)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", INPUT_BASES)
+def test_input_layouts(backend, kind, dtype):
+    """Any input strides give the reference's values; channels_last in -> channels_last out,
+    for the output and for the input gradient."""
+    size = (5, 8)
+    config = dict(mode="bilinear", padding_mode="border", align_corners=False)
+    seed = seed_of("layout", kind)
+    base = random_input(INPUT_BASES[kind], seed=seed, dtype=dtype,
+                        device=backend.device).requires_grad_()
+    x = _input_view(kind, base)
+    assert x.shape == (N, C, H, W)
+    assert (kind == "contiguous") == x.is_contiguous()
+    theta = random_theta(N, (H, W), size, False, seed=seed, dtype=dtype,
+                         device=backend.device).requires_grad_()
+    grad_output = random_input((N, C, *size), seed=seed + 1, dtype=dtype, device=backend.device)
+
+    out = run(backend, x, theta, size, **config)
+    assert out.is_contiguous(memory_format=expected_memory_format(x))
+    # Gradients reach the leaf through the view; compare them with the reference's.
+    got = torch.autograd.grad(out, (base, theta), grad_output)
+    want = torch.autograd.grad(reference(x, theta, size, **config), (base, theta), grad_output)
+    assert_close(out, reference(x, theta, size, **config), dtype, "output")
+    for name, g, r in zip(("grad input", "grad theta"), got, want):
+        assert_close(g, r, dtype, name, scale=max_abs(r))
+    # The input gradient the op itself returns has the layout rule of the output.
+    grad_input, _ = torch.ops.stn_ext.affine_grid_sample_backward(
+        grad_output, x.detach(), theta.detach(), *config.values(), [True, False])
+    assert grad_input.is_contiguous(memory_format=expected_memory_format(x)), (
+        f"grad_input strides {grad_input.stride()} for input strides {x.stride()}")
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 1, 5, 6)], ids=["1x1", "C1"])
+def test_channels_last_that_is_also_contiguous(backend, shape):
+    """A tensor both contiguous and channels_last (1x1 images, one channel) gives contiguous."""
+    x = random_input(shape, seed=seed_of(shape), device=backend.device)
+    x = x.to(memory_format=torch.channels_last)
+    theta = random_theta(shape[0], shape[2:], (3, 4), False, seed=1, device=backend.device)
+    assert x.is_contiguous()
+    out = run(backend, x, theta, (3, 4))
+    assert out.is_contiguous()
+    assert_close(out, reference(x, theta, (3, 4)), torch.float64, "output")
+
+
+def _theta_view(kind, theta):
+    """(leaf, view): a (N, 2, 3) view, with the strides of `kind`, of a leaf holding theta."""
+    if kind == "contiguous":
+        leaf = theta.clone().requires_grad_()
+        return leaf, leaf
+    if kind == "transposed":  # stored as (N, 3, 2)
+        leaf = theta.transpose(1, 2).contiguous().requires_grad_()
+        return leaf, leaf.transpose(1, 2)
+    if kind == "sliced":  # the middle of (N, 2, 5) rows
+        leaf = torch.zeros(theta.shape[0], 2, 5, dtype=theta.dtype, device=theta.device)
+        leaf[..., 1:4] = theta
+        return leaf.requires_grad_(), leaf[..., 1:4]
+    if kind == "broadcast":  # one theta, stride 0 over the batch
+        leaf = theta[:1].clone().requires_grad_()
+        return leaf, leaf.expand_as(theta)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:1] + CONFIGS[-1:], ids=CONFIG_IDS[:1] + CONFIG_IDS[-1:])
+@pytest.mark.parametrize("kind", ["contiguous", "transposed", "sliced", "broadcast"])
+def test_theta_layouts(backend, kind, config):
+    size = (5, 4)
+    x, theta = make_case(backend, (N, C, H, W), size, config, torch.float64, seed_of("theta"))
+    if kind == "broadcast":  # the same theta for the whole batch: draw it kink-free as such
+        theta = random_theta(1, (H, W), size, config["align_corners"], seed=3,
+                             device=backend.device).expand(N, 2, 3)
+    leaf, view = _theta_view(kind, theta)
+    assert torch.equal(view, theta) and (kind == "contiguous") == view.is_contiguous()
+    x.requires_grad_()
+    grad_output = torch.randn(N, C, *size, dtype=torch.float64, device=backend.device)
+    out = run(backend, x, view, size, **config)
+    ref = reference(x, view, size, **config)
+    assert_close(out, ref, torch.float64, "output")
+    got = torch.autograd.grad(out, (x, leaf), grad_output)
+    want = torch.autograd.grad(ref, (x, leaf), grad_output)
+    for name, g, r in zip(("grad input", "grad theta"), got, want):
+        assert_close(g, r, torch.float64, name, scale=max_abs(r))
+
+
+@pytest.mark.parametrize("kind", ["channels_last", "transposed", "broadcast"])
+def test_grad_output_layouts(backend, kind):
+    """The backward op reads grad_output by its strides: the same bits as a contiguous copy."""
+    size = (5, 8)
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=True)
+    x, theta = make_case(backend, (N, C, H, W), size, config, torch.float32, seed_of("gout"))
+    grad_output = {
+        "channels_last": lambda: torch.randn(N, *size, C).permute(0, 3, 1, 2),
+        "transposed": lambda: torch.randn(N, C, size[1], size[0]).transpose(2, 3),
+        "broadcast": lambda: torch.randn(1, C, 1, size[1]).expand(N, C, *size),  # e.g. from sum
+    }[kind]().to(backend.device)
+    assert not grad_output.is_contiguous()
+    args = (x, theta, *config.values(), [True, True])
+    got = torch.ops.stn_ext.affine_grid_sample_backward(grad_output, *args)
+    want = torch.ops.stn_ext.affine_grid_sample_backward(grad_output.contiguous(), *args)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+# --- extreme thetas ----------------------------------------------------------------------------
+
+def _affine(angle=0.0, sx=1.0, sy=1.0, tx=0.0, ty=0.0, shear=0.0):
+    c, s = math.cos(angle), math.sin(angle)
+    return torch.tensor([[sx * c, -sy * s + shear, tx], [sx * s, sy * c, ty]], dtype=torch.float64)
+
+
+EXTREME_THETAS = {
+    "rot90": _affine(math.pi / 2),
+    "rot180": _affine(math.pi),
+    "rot-135-shifted": _affine(-3 * math.pi / 4, tx=0.4, ty=-0.7),
+    "mirror-x": _affine(sx=-1.0),
+    "mirror-xy": _affine(sx=-1.3, sy=-0.8, tx=0.2),
+    "shear": _affine(shear=2.5),
+    "zoom-in-1e-3": _affine(0.3, sx=1e-3, sy=1e-3, tx=0.2, ty=-0.1),
+    "zoom-out-50": _affine(0.3, sx=50.0, sy=50.0),
+    "zoom-out-1e4": _affine(0.2, sx=1e4, sy=-1e4),
+    "shift-3": _affine(tx=3.0, ty=-2.5),
+    "shift-1e3": _affine(0.3, tx=1e3),
+    "shift-1e6": _affine(0.1, sx=3.0, sy=3.0, tx=1e6, ty=-1e6),
+}
+# float32 resolves a source coordinate of magnitude M only to ~M * 6e-8 px: beyond a few
+# hundred pixels it is not comparable point by point with another float32 implementation.
+EXTREME_FLOAT32 = ["rot90", "rot180", "rot-135-shifted", "mirror-x", "mirror-xy", "shear",
+                   "zoom-in-1e-3", "zoom-out-50", "shift-3"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("name,dtype",
+                         [pytest.param(n, torch.float64, id=f"{n}-float64") for n in EXTREME_THETAS]
+                         + [pytest.param(n, torch.float32, id=f"{n}-float32")
+                            for n in EXTREME_FLOAT32])
+def test_extreme_thetas(backend, name, dtype, config):
+    shape, size = (2, 3, 9, 12), (11, 8)
+    ac = config["align_corners"]
+    # A tiny random perturbation of the extreme map keeps sample points off kinks.
+    theta = random_theta(shape[0], shape[2:], size, ac, seed=seed_of(name), dtype=dtype,
+                         center=EXTREME_THETAS[name], spread=1e-3, device=backend.device)
+    x = random_input(shape, seed=seed_of(name, 1), dtype=dtype,
+                     device=backend.device).requires_grad_()
+    theta.requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of(name, 2), dtype=dtype,
+                               device=backend.device)
+    # Both sides round the source coordinate (magnitude M px) to a few ulp, eps * M, and
+    # bilinear interpolation scales a coordinate error by up to 2 max|x| per axis; for large M
+    # that bound exceeds the base tolerance (~1e-10 for float64 at M ~ 1e5).
+    magnitude = max(max_abs(pixel_coords(theta, shape[2:], size, ac)), 1.0)
+    coord_err = 8 * torch.finfo(dtype).eps * magnitude
+    out = assert_grads_match(backend, x, theta, size, config, grad_output,
+                             extra_atol=4 * coord_err * max_abs(x))
+    if config["padding_mode"] == "zeros" and name.startswith("shift-1e"):
+        assert torch.count_nonzero(out) == 0  # the image is far away: only padding is read
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_theta(backend, value, config):
+    """Non-finite source coordinates read zero padding (PyTorch gives NaN or a border pixel
+    there, so this is checked against the documented behaviour, not the reference). A +-inf
+    coordinate clipped by border padding is finite again: it reads the border, as PyTorch does."""
+    shape = (2, 3, 5, 6)
+    x = random_input(shape, seed=7, device=backend.device).requires_grad_()
+    theta = torch.eye(2, 3, dtype=torch.float64, device=backend.device).repeat(2, 1, 1)
+    theta[:, 0, 2] = value  # every x coordinate is +-inf or NaN
+    theta.requires_grad_()
+    out = run(backend, x, theta, **config)
+    out.backward(torch.randn_like(out))
+    assert out.isfinite().all() and x.grad.isfinite().all() and theta.grad.isfinite().all()
+    if config["padding_mode"] == "border" and not math.isnan(value):
+        assert_close(out, reference(x, theta, **config), torch.float64, "output")
+    else:
+        assert torch.count_nonzero(out) == 0
+        assert torch.count_nonzero(x.grad) == 0 and torch.count_nonzero(theta.grad) == 0
+
+
+# --- empty tensors -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", CONFIGS[::5], ids=CONFIG_IDS[::5])
+@pytest.mark.parametrize("shape,size", [((0, 3, 5, 6), (4, 4)), ((0, 3, 5, 6), None),
+                                        ((2, 3, 5, 6), (0, 4)), ((2, 3, 5, 6), (4, 0)),
+                                        ((2, 0, 5, 6), (4, 3))],
+                         ids=["N0", "N0-size-None", "Ho0", "Wo0", "C0"])
+def test_empty(backend, shape, size, config):
+    """Zero-size batch, channels or output: empty output and all-zero gradients of the right
+    shapes (PyTorch's affine_grid refuses these, so there is no reference to compare with)."""
+    x = random_input(shape, seed=1, device=backend.device).requires_grad_()
+    theta = torch.eye(2, 3, dtype=torch.float64, device=backend.device).repeat(shape[0], 1, 1)
+    theta.requires_grad_()
+    out = run(backend, x, theta, size, **config)
+    assert out.shape == (*shape[:2], *out_hw(shape, size)) and out.dtype == x.dtype
+    out.backward(torch.ones_like(out))
+    assert x.grad.shape == x.shape and torch.count_nonzero(x.grad) == 0
+    assert theta.grad.shape == theta.shape and torch.count_nonzero(theta.grad) == 0
+
+
+# --- determinism -------------------------------------------------------------------------------
+
+# Sizes that split the work into several parallel units: batch < 8 (channel groups) and >= 8.
+DETERMINISM_SHAPES = [((3, 5, 24, 24), (48, 40)), ((9, 2, 20, 16), (30, 24))]
+
+
+def _forward_backward(backend, x, theta, size, config, grad_output):
+    x = x.detach().requires_grad_()
+    theta = theta.detach().requires_grad_()
+    return grads(sampler(backend, size, config), x, theta, grad_output)
+
+
+@pytest.mark.parametrize("shape,size", DETERMINISM_SHAPES, ids=["channel-groups", "batch"])
+def test_repeated_backward_is_bitwise_identical(backend, shape, size):
+    if backend.name == "cuda":
+        pytest.skip("the fast CUDA backward is documented as non-deterministic")
+    config = dict(mode="bilinear", padding_mode="reflection", align_corners=False)
+    x, theta = make_case(backend, shape, size, config, torch.float32, seed_of("det", shape),
+                         margin=0.0)  # the op is compared with itself: kinks do not matter
+    grad_output = torch.randn(*shape[:2], *size, device=backend.device)
+    first = _forward_backward(backend, x, theta, size, config, grad_output)
+    for _ in range(3):
+        again = _forward_backward(backend, x, theta, size, config, grad_output)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("shape,size", DETERMINISM_SHAPES, ids=["channel-groups", "batch"])
+def test_cpu_results_do_not_depend_on_thread_count(num_threads, shape, size, dtype):
+    """The CPU work split depends only on the shape: 1, 2 or 3 threads give identical bits."""
+    cpu = Backend("cpu", "cpu")
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=True)
+    x, theta = make_case(cpu, shape, size, config, dtype, seed_of("threads", shape), margin=0.0)
+    grad_output = torch.randn(*shape[:2], *size, dtype=dtype)
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        results.append(_forward_backward(cpu, x, theta, size, config, grad_output))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_cuda_input_grad_alerts_nondeterminism(deterministic_algorithms):
+    """The CUDA backward accumulates the input gradient with atomics: under
+    torch.use_deterministic_algorithms(True) it must raise, as PyTorch's own ops do; the theta
+    gradient alone (reduced in fixed order) may run."""
+    cuda = Backend("cuda", "cuda")
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    x, theta = make_case(cuda, (2, 3, 8, 8), None, config, torch.float32, seed_of("alert"))
+    out = run(cuda, x, theta.requires_grad_(), **config)
+    out.sum().backward()  # theta only: allowed
+    x.requires_grad_()
+    out = run(cuda, x, theta, **config)
+    with pytest.raises(RuntimeError, match="affine_grid_sample_backward.*deterministic"):
+        out.sum().backward()
+
+
+# --- random configurations ---------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None, derandomize=True,  # derandomized: reproducible in CI
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 4), c=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
+       ho=st.integers(1, 9), wo=st.integers(1, 9), config=st.sampled_from(CONFIGS),
+       spread=st.sampled_from([0.1, 0.5, 2.0]), seed=st.integers(0, 2**16))
+def test_random_configurations(backend, n, c, h, w, ho, wo, config, spread, seed):
+    """Shapes, sizes and thetas drawn at random (float64, forward and both gradients)."""
+    shape, size = (n, c, h, w), (ho, wo)
+    x, theta = make_case(backend, shape, size, config, torch.float64, seed, spread=spread,
+                         requires_grad=True)
+    grad_output = random_input((n, c, ho, wo), seed=seed + 1, device=backend.device)
+    assert_grads_match(backend, x, theta, size, config, grad_output)

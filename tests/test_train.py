@@ -1,0 +1,300 @@
+"""The CIFAR-10 training job (train/cifar.py, train/cifar_data.py) on tiny datasets built here."""
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "train"))
+import cifar  # noqa: E402
+import cifar_data  # noqa: E402
+
+SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+CONTAINERS = ("folder", ".tar", ".tar.gz", ".tar.xz")
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    # Runs set their thread count; put the suite's back afterwards.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_split(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            np.arange(n) % 10)
+
+
+def write_pickle_layout(root: Path, n_train: int = 50, n_test: int = 20):
+    """cifar-10-batches-py as the official archive has it; returns the (train, test) arrays."""
+    train, test = random_split(n_train, 1), random_split(n_test, 2)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = np.array_split(np.arange(n_train), 5)
+    for i, idx in enumerate(batches, 1):
+        write_batch(folder / f"data_batch_{i}", train[0][idx], train[1][idx])
+    write_batch(folder / "test_batch", *test)
+    return train, test
+
+
+def write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    path.write_bytes(pickle.dumps({"data": data, "labels": labels.tolist()}))
+
+
+def write_image_folder(root: Path, per_class_train: int = 3, per_class_test: int = 2):
+    """train/<class>/*.png and test/<class>/*.png (lossless, so pixels compare exactly); returns
+    the arrays in the readers' order (classes taking turns)."""
+    from PIL import Image
+
+    arrays = {}
+    for split, per_class, seed in (("train", per_class_train, 3), ("test", per_class_test, 4)):
+        images, labels = random_split(10 * per_class, seed)
+        order = []
+        for i, (image, label) in enumerate(zip(images, labels)):
+            cls = cifar_data.CLASSES[label]
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / split / cls / f"{i // 10:04d}.png")
+            order.append((i // 10, label, i))
+        idx = [i for *_, i in sorted(order)]
+        arrays[split] = (images[idx], labels[idx])
+    return arrays["train"], arrays["test"]
+
+
+def package(folder: Path, container: str, tmp_path: Path) -> Path:
+    """``folder`` itself, or an archive holding it under a top-level directory."""
+    if container == "folder":
+        return folder
+    mode = {".tar": "w", ".tar.gz": "w:gz", ".tar.xz": "w:xz"}[container]
+    archive = tmp_path / f"dataset{container}"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(folder, arcname="dataset")
+    return archive
+
+
+def tiny_pickle_dataset(tmp_path: Path, n_train: int = 256, n_test: int = 100) -> Path:
+    write_pickle_layout(tmp_path / "tiny", n_train, n_test)
+    return tmp_path / "tiny"
+
+
+def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train" / "cifar.py"), *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+# ----------------------------------------------------------------------------- model
+def test_net_shapes():
+    model = cifar.Net("torch")
+    x = torch.randn(5, 3, 32, 32)
+    log_probs = model(x)
+    assert log_probs.shape == (5, 10)
+    torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(5))
+    assert model.stn.theta(x).shape == (5, 2, 3)
+    assert sum(p.numel() for p in model.parameters()) == 39_884
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_identity_init_gives_identity_warp(backend):
+    model = cifar.Net(backend)
+    x = torch.randn(4, 3, 32, 32)
+    identity = torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(4, 2, 3)
+    torch.testing.assert_close(model.stn.theta(x), identity)
+    # align_corners=False and the identity map sample every pixel at its own centre.
+    torch.testing.assert_close(model.stn(x), x, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- data readers
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_reads_pickle_layout(tmp_path, container):
+    (train_x, train_y), (test_x, test_y) = write_pickle_layout(tmp_path / "src")
+    path = package(tmp_path / "src", container, tmp_path)
+    train, test = cifar_data.load_cifar10(path, cache_dir=tmp_path / "cache", download=False)
+    assert train.images.dtype == torch.uint8 and train.images.shape == (50, 32, 32, 3)
+    np.testing.assert_array_equal(train.images.numpy(), train_x)
+    np.testing.assert_array_equal(train.labels.numpy(), train_y)
+    np.testing.assert_array_equal(test.images.numpy(), test_x)
+    np.testing.assert_array_equal(test.labels.numpy(), test_y)
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_reads_image_folder_and_caches(tmp_path, container):
+    (train_x, train_y), (test_x, test_y) = write_image_folder(tmp_path / "src")
+    path = package(tmp_path / "src", container, tmp_path)
+    messages = []
+    for _ in range(2):
+        train, test = cifar_data.load_cifar10(path, cache_dir=tmp_path / "cache",
+                                              download=False, log=messages.append)
+        np.testing.assert_array_equal(train.images.numpy(), train_x)
+        np.testing.assert_array_equal(train.labels.numpy(), train_y)
+        np.testing.assert_array_equal(test.images.numpy(), test_x)
+        np.testing.assert_array_equal(test.labels.numpy(), test_y)
+    assert messages[0].startswith("decoding") and messages[1].startswith("loaded")
+    assert list(train.labels[:10]) == list(range(10))  # classes take turns
+
+
+def test_cache_skips_read_only_folder(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "shared" / "src")
+    archive = package(tmp_path / "shared" / "src", ".tar", tmp_path / "shared")
+    shutil.rmtree(tmp_path / "shared" / "src")
+    monkeypatch.setattr(cifar_data, "REPO_CACHE_DIR", tmp_path / "repo_cache")
+    (tmp_path / "shared").chmod(0o555)
+    try:
+        cifar_data.load_cifar10(archive, download=False, log=lambda _: None)
+        assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["dataset.tar"]
+        assert len(list((tmp_path / "repo_cache").glob("dataset.tar.*.npz"))) == 1
+    finally:
+        (tmp_path / "shared").chmod(0o755)
+
+
+@pytest.mark.parametrize("problem", ["missing", "not an archive", "corrupt archive",
+                                     "corrupt image", "corrupt batch", "empty folder"])
+def test_bad_dataset_is_a_clear_error(tmp_path, problem):
+    path = tmp_path / "data.tar.xz"
+    if problem == "not an archive":
+        path = tmp_path / "data.bin"
+        path.write_bytes(b"x")
+    elif problem == "corrupt archive":
+        path.write_bytes(os.urandom(1000))
+    elif problem == "corrupt image":
+        write_image_folder(tmp_path / "src", 1, 1)
+        next((tmp_path / "src" / "train").rglob("*.png")).write_bytes(b"not a png")
+        path = tmp_path / "src"
+    elif problem == "corrupt batch":
+        write_pickle_layout(tmp_path / "src")
+        (tmp_path / "src" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
+        path = tmp_path / "src"
+    elif problem == "empty folder":
+        path = tmp_path / "empty"
+        path.mkdir()
+    with pytest.raises(cifar_data.DatasetError, match="--data"):
+        cifar_data.load_cifar10(path, cache_dir=tmp_path / "cache", download=False)
+
+
+def test_cli_bad_dataset_exits_without_traceback(tmp_path):
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b broken")
+    result = run_cli(["--data", tmp_path / "broken.tar.gz", "--out", tmp_path / "run"])
+    assert result.returncode != 0
+    assert "error: cannot read the archive" in result.stderr and "--data" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_batched_augmentation():
+    images = torch.arange(4 * 32 * 32 * 3, dtype=torch.int64).remainder(251).to(torch.uint8)
+    images = images.view(4, 32, 32, 3)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(cifar_data.random_crop_flip(images, 0, False, gen), images)
+    flipped = cifar_data.random_crop_flip(images.repeat(64, 1, 1, 1), 0, True, gen)
+    is_flipped = [torch.equal(f, i.flip(1)) for f, i in zip(flipped, images.repeat(64, 1, 1, 1))]
+    assert 0 < sum(is_flipped) < 256
+    cropped = cifar_data.random_crop_flip(images.repeat(64, 1, 1, 1), 4, False, gen)
+    padded = torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4)).repeat(64, 1, 1, 1)
+    for out, src in zip(cropped, padded):  # every output is some 32x32 window of the padded image
+        assert any(torch.equal(out, src[dy:dy + 32, dx:dx + 32])
+                   for dy in range(9) for dx in range(9))
+
+
+# ----------------------------------------------------------------------------- training runs
+def train_args(data: Path, out: Path, *extra) -> list:
+    return ["--data", str(data), "--out", str(out), "--threads", "1", "--no-plots",
+            "--batch-size", "32", "--eval-batch-size", "50", *map(str, extra)]
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    data = tiny_pickle_dataset(tmp_path)
+    straight = cifar.run(cifar.parse_args(train_args(data, tmp_path / "a", "--epochs", 3)))
+
+    # Kill the second run in epoch 2's evaluation: epoch 1's checkpoint is all it leaves.
+    evaluate = cifar.evaluate
+    calls = []
+
+    def killed_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args)
+
+    monkeypatch.setattr(cifar, "evaluate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        cifar.run(cifar.parse_args(train_args(data, tmp_path / "b", "--epochs", 3)))
+    monkeypatch.setattr(cifar, "evaluate", evaluate)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    resumed = cifar.run(cifar.parse_args(["--resume", str(tmp_path / "b"), "--threads", "1",
+                                          "--no-plots", "--eval-batch-size", "50"]))
+
+    strip = lambda epochs: [{k: v for k, v in e.items() if k not in ("epoch_time_s", "images_per_s")}
+                            for e in epochs]  # noqa: E731
+    assert strip(resumed["epochs"]) == strip(straight["epochs"])
+    weights_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    weights_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for name in weights_a:
+        assert torch.equal(weights_a[name], weights_b[name]), name
+    on_disk = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2, 3]
+    assert on_disk["config"]["run"]["epochs"] == 3
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = tiny_pickle_dataset(tmp_path, 64, 50)
+    cifar.run(cifar.parse_args(train_args(data, tmp_path / "a", "--epochs", 1)))
+    with pytest.raises(SystemExit, match="--lr 0.5 differs"):
+        cifar.run(cifar.parse_args(["--resume", str(tmp_path / "a"), "--lr", "0.5"]))
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path, capsys):
+    data = tiny_pickle_dataset(tmp_path, 256, 50)
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.main(train_args(data, tmp_path / "run", "--epochs", 2, "--recipe", "seed",
+                              "--lr", "1e30", "--log-interval", "2"))
+    assert "training loss became" in str(exit_info.value)
+
+
+def test_outputs(tmp_path):
+    data = tiny_pickle_dataset(tmp_path, 128, 50)
+    args = train_args(data, tmp_path / "run", "--epochs", 2, "--recipe", "seed")
+    args.remove("--no-plots")
+    cifar.run(cifar.parse_args(args))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["recipe"]["optimizer"] == "sgd"
+    assert [sorted(e) for e in metrics["epochs"]] == 2 * [sorted(
+        ["epoch", "train_loss", "test_loss", "test_acc", "epoch_time_s", "images_per_s"])]
+    for name in ("checkpoint.pt", "curves.png", "stn.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+@pytest.mark.skipif(not SHARED_JPEG.is_file(), reason=f"shared data absent: {SHARED_JPEG}")
+def test_smoke_one_epoch_on_shared_jpeg(tmp_path, capsys):
+    cifar.main(["--data", str(SHARED_JPEG), "--out", str(tmp_path / "run"), "--epochs", "1",
+                "--limit-train", "640", "--no-plots"])
+    stdout = capsys.readouterr().out
+    assert "Train Epoch: 1 [640/640 (100%)]\tLoss: " in stdout
+    assert "Test set: Average loss: " in stdout and "/10000 (" in stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["train_images"] == 640 and metrics["config"]["test_images"] == 10000
+    assert 10 < metrics["epochs"][0]["test_acc"] < 60
+
+
+def test_torchrun_two_processes(tmp_path):
+    data = tiny_pickle_dataset(tmp_path, 256, 100)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", str(REPO / "train" / "cifar.py"),
+         *train_args(data, tmp_path / "run", "--epochs", 2, "--limit-train", 192)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Test set: Average loss") == 2  # rank 0 only
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["world_size"] == 2
+    assert len(metrics["epochs"]) == 2
+    assert all(np.isfinite(e["train_loss"]) for e in metrics["epochs"])

@@ -1,0 +1,480 @@
+"""Train the seeds' Spatial Transformer Network on CIFAR-10 with the fused stn_ext op.
+
+    python train/cifar.py --data ../shared/data/cifar10-jpeg.tar.xz            # 50 epochs
+    python train/cifar.py --data ... --recipe seed                            # the seeds' recipe
+    torchrun --standalone --nproc_per_node=2 train/cifar.py --data ...        # DDP
+
+The whole dataset lives in memory as uint8 tensors (on the GPU when training there), each epoch's
+shuffle and augmentation run on whole tensors, and the step loop syncs with the host only every
+--log-interval batches. A run leaves metrics.json, checkpoint.pt, curves.png and stn.png in --out.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from stn_ext.nn import SpatialTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar_data import (MEAN, STD, DatasetError, Split, load_cifar10, normalize,  # noqa: E402
+                        random_crop_flip)
+
+
+class Net(nn.Module):
+    """The seeds' CIFAR-10 STN: a spatial transformer in front of a small LeNet-style classifier."""
+
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        localization = nn.Sequential(
+            nn.Conv2d(3, 8, kernel_size=7), nn.MaxPool2d(2), nn.ReLU(True),
+            nn.Conv2d(8, 10, kernel_size=5), nn.MaxPool2d(2), nn.ReLU(True))
+        fc_loc = nn.Sequential(nn.Linear(10 * 4 * 4, 32), nn.ReLU(True), nn.Linear(32, 6))
+        self.stn = SpatialTransformer(localization, fc_loc, backend=backend)
+        self.conv1 = nn.Conv2d(3, 10, kernel_size=5)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+        self.conv2_drop = nn.Dropout2d(0.5)
+        self.fc1 = nn.Linear(20 * 5 * 5, 50)
+        self.fc2 = nn.Linear(50, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stn(x)
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.dropout(x, training=self.training)
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: optimiser, schedule, regularisation and augmentation."""
+    optimizer: str = "sgd"          # "sgd" or "adamw"
+    lr: float = 0.01
+    stn_lr_scale: float = 1.0       # the spatial transformer's learning rate = lr * this
+    momentum: float = 0.0           # SGD only
+    weight_decay: float = 0.0
+    schedule: str = "constant"      # "constant" or "cosine" (per step, to 0 at the last step)
+    warmup_epochs: float = 0.0      # linear warm-up from 0, per step
+    clip_grad_norm: float = 0.0     # 0: no clipping
+    label_smoothing: float = 0.0
+    crop_pad: int = 0               # random crop after zero-padding this many pixels; 0: none
+    flip: bool = False              # random horizontal flip
+
+
+RECIPES = {
+    # What the seeds did: plain SGD at 0.01, batch 64, no augmentation.
+    "seed": Recipe(),
+    "default": Recipe(optimizer="adamw", lr=2e-3, stn_lr_scale=0.1, weight_decay=1e-4,
+                      schedule="cosine", warmup_epochs=1.0, clip_grad_norm=5.0, flip=True),
+}
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (world size 1 without torchrun)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def gather(self, obj) -> list:
+        if not self.enabled:
+            return [obj]
+        objects = [None] * self.world_size
+        dist.all_gather_object(objects, obj)
+        return objects
+
+
+def init_distributed(device_arg: str) -> Dist:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Dist()
+    ddp = Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return ddp
+
+
+# ----------------------------------------------------------------------------- command line
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None,
+                   help="cifar-10-batches-py folder, image folder (train/<class>/*, "
+                        "test/<class>/*) or a .tar/.tar.gz/.tar.xz of either [./data]")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to train [50]")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch size, split evenly across torchrun processes [64]")
+    p.add_argument("--lr", type=float, default=None, help="learning rate [the recipe's]")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="seed: the seeds' plain SGD; default: the tuned recipe [default]")
+    p.add_argument("--seed", type=int, default=None, help="random seed [0]")
+    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+                   help="train on the first N training images only")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="cuda if available under auto [auto]")
+    p.add_argument("--backend", choices=("auto", "cpu", "cuda", "triton", "torch"),
+                   default="auto", help="stn_ext backend of the spatial transformer [auto]")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder [runs/<timestamp>, or the resumed run's folder]")
+    p.add_argument("--resume", type=Path, default=None, metavar="PATH",
+                   help="continue the run whose folder or checkpoint.pt this is")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process [the CPU cores / processes on this node]")
+    p.add_argument("--eval-batch-size", type=int, default=1000, help="[1000]")
+    p.add_argument("--log-interval", type=int, default=100,
+                   help="batches between loss checks (each one syncs with the device) [100]")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where to keep the decoded dataset [next to --data if writable, "
+                        "else ./data/cache in the repository]")
+    p.add_argument("--no-plots", action="store_true", help="skip curves.png and stn.png")
+    return p.parse_args(argv)
+
+
+# Settings that define a run: restored from the checkpoint on --resume.
+RUN_DEFAULTS = {"data": "./data", "epochs": 50, "batch_size": 64, "lr": None,
+                "recipe": "default", "seed": 0, "limit_train": None}
+
+
+def resolve_run_settings(args: argparse.Namespace, checkpoint: Optional[dict]) -> None:
+    saved = checkpoint["config"]["run"] if checkpoint else RUN_DEFAULTS
+    for key, default in saved.items():
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, default)
+        elif checkpoint and key != "data" and given != default:
+            raise SystemExit(f"error: --{key.replace('_', '-')} {given} differs from the resumed "
+                             f"run's {default}; leave it out to continue that run")
+
+
+# ----------------------------------------------------------------------------- training
+def make_optimizer(model: Net, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    stn_params = list(model.stn.parameters())
+    stn_ids = {id(p) for p in stn_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in stn_ids], "lr": lr},
+              {"params": stn_params, "lr": lr * recipe.stn_lr_scale}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int):
+    total = steps_per_epoch * epochs
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def rng_state(generators) -> dict:
+    state = {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators) -> None:
+    torch.set_rng_state(state["torch"])
+    for g, s in zip(generators, state["generators"]):
+        g.set_state(s)
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_epoch(model, ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
+                epoch: int, batch_size: int, shuffle_gen, augment_gen, ddp: Dist,
+                log_interval: int) -> float:
+    """One epoch over this rank's shard; returns the mean training loss over all ranks."""
+    ddp_model.train()
+    # Every rank draws the same permutation and takes its own equal share of it (dropping up to
+    # world_size - 1 images), so that all ranks run the same number of steps.
+    order = torch.randperm(len(train), generator=shuffle_gen)
+    shard = len(train) // ddp.world_size
+    order = order[ddp.rank * shard:(ddp.rank + 1) * shard].to(train.images.device)
+    images = train.images[order]
+    if recipe.crop_pad or recipe.flip:
+        images = random_crop_flip(images, recipe.crop_pad, recipe.flip, augment_gen)
+    labels = train.labels[order]
+    local_batch = batch_size // ddp.world_size
+    steps = math.ceil(shard / local_batch)
+    loss_sum = torch.zeros((), device=train.images.device)
+    bar = tqdm(total=shard * ddp.world_size, desc=f"epoch {epoch}", unit="img", leave=False,
+               disable=not ddp.is_main, mininterval=0.5, dynamic_ncols=True)
+    for step in range(steps):
+        batch = slice(step * local_batch, (step + 1) * local_batch)
+        x = normalize(images[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(ddp_model(x), labels[batch],
+                               label_smoothing=recipe.label_smoothing)  # log-probs in, so exact NLL
+        loss.backward()
+        if recipe.clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+        bar.update(len(x) * ddp.world_size)
+        if (step + 1) % log_interval == 0 or step + 1 == steps:
+            mean_loss = ddp.sum(loss_sum.clone()).item() / ((step + 1) * ddp.world_size)
+            if not math.isfinite(mean_loss):
+                bar.close()
+                raise TrainingDiverged(f"the training loss became {mean_loss} in epoch {epoch} "
+                                       f"(by batch {step + 1}); lower --lr or use --recipe seed")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+    bar.close()
+    return mean_loss
+
+
+@torch.inference_mode()
+def evaluate(model: Net, test: Split, batch_size: int, ddp: Dist):
+    """Summed NLL and correct count over the test set, all ranks together; returns (loss, correct)."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=test.images.device)
+    for start in range(ddp.rank * batch_size, len(test), batch_size * ddp.world_size):
+        log_probs = model(normalize(test.images[start:start + batch_size]))
+        labels = test.labels[start:start + batch_size]
+        totals[0] += F.nll_loss(log_probs, labels, reduction="sum").double()
+        totals[1] += (log_probs.argmax(1) == labels).sum()
+    loss_sum, correct = ddp.sum(totals).tolist()
+    return loss_sum / len(test), int(correct)
+
+
+# ----------------------------------------------------------------------------- outputs
+def atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def plot_curves(epochs: List[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [e["epoch"] for e in epochs]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(x, [e["train_loss"] for e in epochs], label="train")
+    ax_loss.plot(x, [e["test_loss"] for e in epochs], label="test")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_acc.plot(x, [e["test_acc"] for e in epochs], color="C2")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@torch.inference_mode()
+def plot_stn(model: Net, images: torch.Tensor, path: Path) -> None:
+    """Test images before and after the learned spatial transformer, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    model.eval()
+    x = normalize(images)
+    mean = x.new_tensor(MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(STD).view(1, 3, 1, 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    for ax, batch, title in ((axes[0], x, "Dataset images"),
+                             (axes[1], model.stn(x), "Transformed images")):
+        grid = make_grid((batch * std + mean).clamp(0, 1).cpu(), nrow=8)
+        ax.imshow(grid.permute(1, 2, 0).numpy())
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- the run
+def pick_device(device_arg: str, ddp: Dist) -> torch.device:
+    if device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda but no CUDA device is available")
+        torch.cuda.set_device(ddp.local_rank)
+        return torch.device("cuda", ddp.local_rank)
+    return torch.device("cpu")
+
+
+def load_checkpoint(resume: Path) -> dict:
+    path = resume / "checkpoint.pt" if resume.is_dir() else resume
+    if not path.is_file():
+        raise SystemExit(f"error: no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint["path"] = path
+        return checkpoint
+    except Exception as e:  # a truncated or foreign file
+        raise SystemExit(f"error: cannot read the checkpoint {path} ({e})") from None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train as ``args`` say; returns the metrics written to metrics.json."""
+    started = time.perf_counter()
+    ddp = init_distributed(args.device)
+    device = pick_device(args.device, ddp)
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    resolve_run_settings(args, checkpoint)
+    if args.batch_size % ddp.world_size:
+        raise SystemExit(f"error: --batch-size {args.batch_size} must divide evenly across "
+                         f"{ddp.world_size} processes")
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world_size))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local_processes))
+    recipe = RECIPES[args.recipe]
+    lr = args.lr if args.lr is not None else recipe.lr
+    out = args.out or (checkpoint["path"].parent if checkpoint else
+                       Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    log = print if ddp.is_main else (lambda *a, **k: None)
+
+    # Rank 0 decodes and caches first, so the others just read the cache.
+    for turn in ((True, False) if ddp.enabled else (True,)):
+        if ddp.is_main == turn:
+            train, test = load_cifar10(args.data, args.cache_dir, log=log)
+        ddp.barrier()
+    if args.limit_train:
+        train = Split(train.images[:args.limit_train], train.labels[:args.limit_train])
+    train, test = train.to(device), test.to(device)
+
+    torch.manual_seed(args.seed + ddp.rank)  # dropout differs per rank; DDP syncs the weights
+    model = Net(args.backend).to(device, memory_format=torch.channels_last)
+    ddp_model = (nn.parallel.DistributedDataParallel(model, [device] if device.type == "cuda"
+                                                     else None) if ddp.enabled else model)
+    steps_per_epoch = math.ceil(len(train) // ddp.world_size / (args.batch_size // ddp.world_size))
+    optimizer = make_optimizer(model, recipe, lr)
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch, args.epochs)
+    shuffle_gen = torch.Generator().manual_seed(args.seed)
+    augment_gen = torch.Generator(device).manual_seed(args.seed * 1000 + ddp.rank + 1)
+
+    config = {"run": {k: getattr(args, k) for k in RUN_DEFAULTS} | {"data": str(args.data)},
+              "recipe": dataclasses.asdict(recipe) | {"lr": lr},
+              "device": str(device), "device_name": (torch.cuda.get_device_name(device)
+                                                     if device.type == "cuda" else "cpu"),
+              "backend": args.backend, "world_size": ddp.world_size,
+              "threads": torch.get_num_threads(), "train_images": len(train),
+              "test_images": len(test), "torch": torch.__version__}
+    history: List[dict] = []
+    first_epoch = 1
+    if checkpoint:
+        if len(checkpoint["rng"]) != ddp.world_size:
+            raise SystemExit(f"error: the checkpoint was written by {len(checkpoint['rng'])} "
+                             f"processes; resume it with as many")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"][ddp.rank], (shuffle_gen, augment_gen))
+        history = checkpoint["history"]
+        first_epoch = checkpoint["epoch"] + 1
+        log(f"resuming {checkpoint['path']} after epoch {checkpoint['epoch']}")
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log(f"training on {len(train)} images ({ddp.world_size} x {device}, "
+        f"{torch.get_num_threads()} threads), testing on {len(test)}; writing to {out}")
+
+    metrics = {"config": config, "epochs": history}
+    for epoch in range(first_epoch, args.epochs + 1):
+        epoch_start = time.perf_counter()
+        train_loss = train_epoch(model, ddp_model, optimizer, scheduler, recipe, train, epoch,
+                                 args.batch_size, shuffle_gen, augment_gen, ddp,
+                                 args.log_interval)
+        train_time = time.perf_counter() - epoch_start
+        test_loss, correct = evaluate(model, test, args.eval_batch_size, ddp)
+        test_acc = 100.0 * correct / len(test)
+        log(f"Train Epoch: {epoch} [{len(train)}/{len(train)} (100%)]\tLoss: {train_loss:.6f}")
+        log(f"Test set: Average loss: {test_loss:.4f}, Accuracy: {correct}/{len(test)} "
+            f"({test_acc:.0f}%)")
+        history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
+                        "test_acc": test_acc,
+                        "epoch_time_s": time.perf_counter() - epoch_start,
+                        "images_per_s": len(train) / train_time})
+        states = ddp.gather(rng_state((shuffle_gen, augment_gen)))
+        if ddp.is_main:
+            atomic_write(out / "checkpoint.pt", lambda f: torch.save({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": states, "history": history,
+                "config": config}, f))
+            write_json(out / "metrics.json", metrics)
+
+    if history and ddp.is_main:
+        best = max(history, key=lambda e: e["test_acc"])
+        metrics["summary"] = {"final_test_acc": history[-1]["test_acc"],
+                              "best_test_acc": best["test_acc"], "best_epoch": best["epoch"],
+                              "wall_time_s": time.perf_counter() - started}
+        write_json(out / "metrics.json", metrics)
+        if not args.no_plots:
+            plot_curves(history, out / "curves.png")
+            plot_stn(model, test.images[:32], out / "stn.png")
+        log(f"final test accuracy {history[-1]['test_acc']:.2f}% (best {best['test_acc']:.2f}% "
+            f"at epoch {best['epoch']}); {metrics['summary']['wall_time_s']:.0f} s; "
+            f"results in {out}")
+    return metrics
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (DatasetError, TrainingDiverged) as e:
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
