@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -14,6 +15,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 import torch.utils.benchmark
+
+import stn_ext
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -55,6 +58,13 @@ def git_commit() -> str:
         return os.environ.get("STN_EXT_COMMIT", "unknown")
 
 
+def extension_build() -> str:
+    """The first 12 hex digits of the sha256 of the loaded stn_ext._C library: which build was
+    timed, which a '-dirty' commit cannot tell."""
+    with open(stn_ext._C.__file__, "rb") as library:
+        return hashlib.sha256(library.read()).hexdigest()[:12]
+
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -68,6 +78,7 @@ def run_metadata(benchmark: str, device: torch.device, note: Optional[str]) -> d
         "torch": torch.__version__,
         "triton": triton.__version__ if triton is not None else None,
         "commit": git_commit(),
+        "extension_build": extension_build(),
         "date": utc_now().isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

@@ -5,9 +5,11 @@ graph.
     python benchmarks/bench_train.py --device cpu --json     # recorded under benchmarks/results/
     python benchmarks/bench_train.py --device cuda --json $OUT/train.json
 
-A step is zero_grad, forward, NLL loss, backward and an SGD step (lr 0.01, as the seed trains), on
-one synthetic batch kept on the device: this measures compute, not data loading. Time per epoch is
-derived: 50,000 CIFAR-10 training images / (images per second).
+A step is what train/cifar.py does per batch with its default recipe (zero_grad, forward, loss,
+backward, gradient clipping, optimizer step; channels_last model and input), without the LR
+schedule and logging, on one synthetic batch kept on the device: this measures compute, not data
+loading. Time per epoch is derived: 50,000 CIFAR-10 training images / (images per second).
+Speedups compare each backend with backend torch in the same variant.
 """
 import argparse
 import sys
@@ -22,14 +24,13 @@ from _common import (REPO_ROOT, Stopwatch, add_common_arguments, describe_error,
                      run_metadata, write_json)
 
 sys.path.insert(0, str(REPO_ROOT / "train"))
-from cifar import Net  # noqa: E402
+from cifar import RECIPES, Net, make_optimizer  # noqa: E402
 
 BATCH_SIZE = 64
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 CIFAR10_TRAIN_IMAGES = 50_000
-LEARNING_RATE = 0.01
-VARIANTS = ("eager", "compile", "cuda-graph")
+RECIPE = "default"  # train/cifar.py's unless told otherwise
 JSON_SUFFIX = "-train"
 DEFAULT_MIN_RUN_TIME_S = 2.0
 
@@ -47,14 +48,21 @@ def variants_for(device: torch.device, quick: bool) -> List[str]:
     return ["eager", "compile"] + (["cuda-graph"] if device.type == "cuda" else [])
 
 
-def make_train_step(model: torch.nn.Module, images: torch.Tensor,
-                    labels: torch.Tensor) -> Callable[[], torch.Tensor]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
+def make_train_step(model: Net, forward: Callable, images: torch.Tensor, labels: torch.Tensor,
+                    capturable: bool) -> Callable[[], torch.Tensor]:
+    """One step of train/cifar.py's loop; ``forward`` is the model, compiled or not."""
+    recipe = RECIPES[RECIPE]
+    optimizer = make_optimizer(model, recipe, recipe.lr)
+    if capturable:  # a CUDA graph needs the optimizer's step counts on the GPU
+        for group in optimizer.param_groups:
+            group["capturable"] = True
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        loss = F.nll_loss(model(images), labels)
+        loss = F.cross_entropy(forward(images), labels, label_smoothing=recipe.label_smoothing)
         loss.backward()
+        if recipe.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
         optimizer.step()
         return loss
     return train_step
@@ -79,12 +87,13 @@ def prepare_step(backend: str, variant: str, device: torch.device) -> Callable[[
     """A fresh model and optimizer (same seed for every backend) and the call that trains it
     one step in the given variant."""
     torch.manual_seed(0)
-    model = Net(backend=backend).to(device).train()
-    images = torch.randn(BATCH_SIZE, *IMAGE_SHAPE, device=device)
+    model = Net(backend=backend).to(device, memory_format=torch.channels_last).train()
+    images = torch.randn(BATCH_SIZE, *IMAGE_SHAPE, device=device).contiguous(
+        memory_format=torch.channels_last)
     labels = torch.randint(NUM_CLASSES, (BATCH_SIZE,), device=device)
-    if variant == "compile":
-        model = torch.compile(model)
-    train_step = make_train_step(model, images, labels)
+    forward = torch.compile(model) if variant == "compile" else model
+    train_step = make_train_step(model, forward, images, labels,
+                                 capturable=variant == "cuda-graph")
     if variant == "cuda-graph":
         return capture_in_cuda_graph(train_step, device)
     return train_step
@@ -129,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     payload = run_metadata("train", device, args.note)
     payload.update(quick=args.quick, min_run_time_s=args.min_run_time, batch=BATCH_SIZE,
-                   epoch_images=CIFAR10_TRAIN_IMAGES, learning_rate=LEARNING_RATE,
+                   epoch_images=CIFAR10_TRAIN_IMAGES, recipe=RECIPE,
                    data="synthetic: one random batch kept on the device",
                    results=[], skipped=[])
     print(f"{payload['device']}, torch {payload['torch']}, triton {payload['triton']}, "

@@ -47,9 +47,12 @@ METHOD = """\
 - **Backends.** `torch`: `F.affine_grid` + `F.grid_sample`, eager; `torch-compile`: the same two
   ops under `torch.compile`; `cpu`, `cuda`, `triton`: stn_ext's kernels. Speedup = torch's time /
   the backend's time, for the same shape, dtype, layout and pass.
-- **Training.** One step of the CIFAR-10 STN (`train/cifar.py`'s `Net`): zero_grad, forward, NLL
-  loss, backward, SGD step, on one synthetic batch kept on the device (no data loading). Time per
-  epoch is derived: training images per epoch / images per second."""
+- **Training.** One step of `train/cifar.py`'s loop for its CIFAR-10 STN with the recipe named
+  below: zero_grad, forward, loss, backward, gradient clipping (if the recipe clips), optimizer
+  step, channels_last model and input, no LR schedule; on one synthetic batch kept on the device
+  (no data loading). Time per epoch is derived: training images per epoch / images per second.
+  Variants: `eager`; `compile` (`torch.compile(model)`); `cuda-graph` (the whole step captured in
+  one CUDA graph and replayed). Speedups compare with backend `torch` in the same variant."""
 
 
 def load_results(results_dir: Path) -> List[dict]:
@@ -97,7 +100,8 @@ def run_header(run: dict) -> str:
         load += (": **other jobs shared the machine during this run**, so its times are "
                  "pessimistic and noisy; re-run on a quiet machine to replace them")
     lines = [f"`{run['name']}.json`: {run['device']}, torch {run['torch']}, "
-             f"triton {run['triton']}, commit `{run['commit']}`, {run['date']}, "
+             f"triton {run['triton']}, commit `{run['commit']}`, stn_ext build "
+             f"`{run['extension_build']}`, {run['date']}, "
              + threads_label(run) + (", `--quick`" if run["quick"] else "") + ".",
              "", load + "."]
     if run.get("copy_gbps"):
@@ -211,7 +215,8 @@ def render(runs: List[dict], results_dir: Path, output: Path) -> str:
         else:
             sections += ["", f"## Training step: {run_title(run)}", "",
                          run_header(run), "",
-                         f"Batch {run['batch']}, data: {run['data']}.", "",
+                         f"Batch {run['batch']}, recipe `{run['recipe']}`, data: {run['data']}.",
+                         "",
                          train_table(run) + skipped_lines(run)]
     return "\n".join(sections) + "\n"
 

@@ -17,7 +17,11 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key(
     "stn_ext::affine_grid_sample", "CUDA")
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
-_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_interpreted() -> bool:
+    """TRITON_INTERPRET=1 runs Triton kernels on CPU tensors (read at call time, as Triton does)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def available_backends() -> list:
@@ -25,7 +29,7 @@ def available_backends() -> list:
     backends = []
     if torch.cuda.is_available() and _HAS_CUDA_KERNELS:
         backends.append("cuda")
-    if _HAS_TRITON and (torch.cuda.is_available() or _TRITON_INTERPRET):
+    if _HAS_TRITON and (torch.cuda.is_available() or _triton_interpreted()):
         backends.append("triton")
     backends += ["cpu", "torch"]
     return backends
@@ -96,7 +100,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if not _HAS_TRITON:
             raise RuntimeError("backend='triton' is unavailable: Triton is not installed")
-        if device.type != "cuda" and not (device.type == "cpu" and _TRITON_INTERPRET):
+        if device.type != "cuda" and not (device.type == "cpu" and _triton_interpreted()):
             raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with "
                              f"TRITON_INTERPRET=1), got tensors on {device}")
     return backend

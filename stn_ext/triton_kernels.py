@@ -46,6 +46,21 @@ _SIZE_ARGS = ["channels", "in_h", "in_w", "out_h", "out_w"]
 # Coordinate math (csrc/sampling_math.h)
 # ----------------------------------------------------------------------------------------------
 
+# The kernels use Triton builtins only, not the helpers of triton.language.standard (tl.cdiv,
+# tl.zeros, tl.sum): those are @triton.jit functions themselves, compiled ones when triton was
+# imported before TRITON_INTERPRET=1 was set, and then cannot run in the interpreter.
+
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _sum(values, axis: tl.constexpr):
+    """tl.sum (which is tl.reduce with this combine function)."""
+    return tl.reduce(values, axis, _add)
+
+
 @triton.jit
 def _div(numerator, denominator):
     """Correctly rounded division: Triton's float32 `/` is approximate on NVIDIA GPUs."""
@@ -139,7 +154,7 @@ def _program_pixels(out_h, out_w, BLOCK_PIXELS: tl.constexpr, INDEX_DTYPE: tl.co
     """This program's image and block of output pixels (row-major indices), and which of them
     exist (the last block of an image has a tail)."""
     pixel_count = out_h.to(INDEX_DTYPE) * out_w
-    blocks_per_image = tl.cdiv(pixel_count, BLOCK_PIXELS)
+    blocks_per_image = (pixel_count + BLOCK_PIXELS - 1) // BLOCK_PIXELS
     image = tl.program_id(0) // blocks_per_image
     pixels = (tl.program_id(0) % blocks_per_image) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
     return image, pixels, pixels < pixel_count
@@ -287,8 +302,8 @@ def _backward_kernel(
     grad_input_image = grad_input_ptr + image.to(tl.int64) * gi_sn
     go_offset = (pixels // out_w) * go_sh + (pixels % out_w) * go_sw
     # d(loss)/d(ix), d(loss)/d(iy) of each pixel, summed over channels.
-    grad_ix = tl.zeros([BLOCK_PIXELS], dtype)
-    grad_iy = tl.zeros([BLOCK_PIXELS], dtype)
+    grad_ix = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    grad_iy = tl.full([BLOCK_PIXELS], 0.0, dtype)
     for c_start in range(0, channels, BLOCK_CHANNELS):
         c = (c_start + tl.arange(0, BLOCK_CHANNELS)).to(index_dtype)
         c_ok = (c < channels)[:, None]
@@ -314,20 +329,20 @@ def _backward_kernel(
                                                in_sw, ok00, ok01, ok10, ok11, c_ok, dtype)
             d_ix = (v01 - v00) * north[None, :] + (v11 - v10) * south[None, :]
             d_iy = (v10 - v00) * west[None, :] + (v11 - v01) * east[None, :]
-            grad_ix += tl.sum(g * d_ix, axis=0)
-            grad_iy += tl.sum(g * d_iy, axis=0)
+            grad_ix += _sum(g * d_ix, axis=0)
+            grad_iy += _sum(g * d_iy, axis=0)
 
     if NEED_THETA_GRAD:
         # Chain rule through the affine map: grid_x = theta[0] . (bx, by, 1), likewise grid_y.
         grad_gx = tl.where(near, grad_ix * dix, 0.0)
         grad_gy = tl.where(near, grad_iy * diy, 0.0)
         partial = theta_partials_ptr + tl.program_id(0).to(tl.int64) * 6
-        tl.store(partial + 0, tl.sum(grad_gx * base_x, axis=0))
-        tl.store(partial + 1, tl.sum(grad_gx * base_y, axis=0))
-        tl.store(partial + 2, tl.sum(grad_gx, axis=0))
-        tl.store(partial + 3, tl.sum(grad_gy * base_x, axis=0))
-        tl.store(partial + 4, tl.sum(grad_gy * base_y, axis=0))
-        tl.store(partial + 5, tl.sum(grad_gy, axis=0))
+        tl.store(partial + 0, _sum(grad_gx * base_x, axis=0))
+        tl.store(partial + 1, _sum(grad_gx * base_y, axis=0))
+        tl.store(partial + 2, _sum(grad_gx, axis=0))
+        tl.store(partial + 3, _sum(grad_gy * base_x, axis=0))
+        tl.store(partial + 4, _sum(grad_gy * base_y, axis=0))
+        tl.store(partial + 5, _sum(grad_gy, axis=0))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,6 +97,16 @@ def max_abs(t: torch.Tensor) -> float:
     return float(t.detach().abs().max()) if t.numel() else 0.0
 
 
+def assert_same_run(got: torch.Tensor, want: torch.Tensor, backend: Backend, what: str = ""):
+    """Two runs of the same kernels on the same values: identical bits on CPU (deterministic by
+    design); on CUDA the input gradient is accumulated with atomics in any order, so there
+    only rounding may differ."""
+    if backend.device == "cpu":
+        assert torch.equal(got, want), f"{what}: not bitwise identical"
+    else:
+        assert_close(got, want, got.dtype, what, scale=max_abs(want))
+
+
 def pixel_coords(theta: torch.Tensor, in_hw, size_hw, align_corners: bool) -> torch.Tensor:
     """Unnormalised source pixel coordinates (x, y) of every output pixel, in float64, as
     grid_sample computes them before padding: shape (N, Ho, Wo, 2)."""

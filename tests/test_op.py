@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _reference import (CONFIG_IDS, CONFIGS, DTYPES, TOLERANCES, Backend, assert_close,
+from _reference import (CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_close, assert_same_run,
                         expected_memory_format, grads, make_case, max_abs, out_hw, pixel_coords,
                         random_input, random_theta, reference, run, seed_of)
 
@@ -110,6 +110,30 @@ def test_partial_requires_grad(backend, wrt):
     assert_close(leaf.grad, rgx if wrt == "input" else rgth, torch.float64, f"grad {wrt}")
 
 
+# Torch warns that the backward op has no autograd kernel; the test checks what that leads to.
+@pytest.mark.filterwarnings("ignore:.*autograd kernel was not registered")
+def test_double_backward_is_not_silently_wrong(backend):
+    """The composition is twice differentiable. The op need not be, but differentiating its
+    gradient must then raise, not return silently zero second derivatives."""
+    shape, size = (1, 2, 4, 5), (3, 3)
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    x, theta = make_case(backend, shape, size, config, torch.float64, seed_of("double"),
+                         requires_grad=True)
+
+    def second_derivatives(fn):
+        out = fn(x, theta)
+        _, grad_theta = torch.autograd.grad((out ** 2).sum(), (x, theta), create_graph=True)
+        return torch.autograd.grad(grad_theta.sum(), (x, theta))
+
+    want = second_derivatives(ref_sampler(size, config))
+    try:
+        got = second_derivatives(sampler(backend, size, config))
+    except RuntimeError:
+        return  # refusing double backward is acceptable
+    for name, g, w in zip(("d2/dx dtheta", "d2/dtheta2"), got, want):
+        assert_close(g, w, torch.float64, name, scale=max_abs(w))
+
+
 def test_auto_backend_is_the_device_kernel(backend):
     config = dict(mode="bilinear", padding_mode="border", align_corners=True)
     x, theta = make_case(backend, (2, 3, 7, 6), (5, 8), config, torch.float32, seed_of("auto"))
@@ -145,12 +169,14 @@ def _input_view(kind, base):
         "transposed": lambda b: b.transpose(2, 3),              # base is (N, C, W, H)
         "channels_last_sliced": lambda b: b.permute(0, 3, 1, 2)[:, :C, ::2],  # (N, 2H, W, C+1)
         "batch_broadcast": lambda b: b.expand(N, C, H, W),      # base is (1, C, H, W)
+        "row_broadcast": lambda b: b.expand(N, C, H, W),        # base is (N, C, 1, W)
     }[kind](base)
 
 
 INPUT_BASES = {"contiguous": (N, C, H, W), "channels_last": (N, H, W, C),
                "sliced": (N, C + 2, 2 * H, W + 3), "transposed": (N, C, W, H),
-               "channels_last_sliced": (N, 2 * H, W, C + 1), "batch_broadcast": (1, C, H, W)}
+               "channels_last_sliced": (N, 2 * H, W, C + 1), "batch_broadcast": (1, C, H, W),
+               "row_broadcast": (N, C, 1, W)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -238,7 +264,8 @@ def test_theta_layouts(backend, kind, config):
 
 @pytest.mark.parametrize("kind", ["channels_last", "transposed", "broadcast"])
 def test_grad_output_layouts(backend, kind):
-    """The backward op reads grad_output by its strides: the same bits as a contiguous copy."""
+    """The backward op reads grad_output by its strides: the result of a contiguous copy
+    (bitwise on CPU)."""
     size = (5, 8)
     config = dict(mode="bilinear", padding_mode="zeros", align_corners=True)
     x, theta = make_case(backend, (N, C, H, W), size, config, torch.float32, seed_of("gout"))
@@ -251,8 +278,8 @@ def test_grad_output_layouts(backend, kind):
     args = (x, theta, *config.values(), [True, True])
     got = torch.ops.stn_ext.affine_grid_sample_backward(grad_output, *args)
     want = torch.ops.stn_ext.affine_grid_sample_backward(grad_output.contiguous(), *args)
-    for g, w in zip(got, want):
-        assert torch.equal(g, w)
+    for what, g, w in zip(("grad input", "grad theta"), got, want):
+        assert_same_run(g, w, backend, what)
 
 
 # --- extreme thetas ----------------------------------------------------------------------------
@@ -276,10 +303,11 @@ EXTREME_THETAS = {
     "shift-1e3": _affine(0.3, tx=1e3),
     "shift-1e6": _affine(0.1, sx=3.0, sy=3.0, tx=1e6, ty=-1e6),
 }
-# float32 resolves a source coordinate of magnitude M only to ~M * 6e-8 px: beyond a few
-# hundred pixels it is not comparable point by point with another float32 implementation.
+# float32 resolves a source coordinate of magnitude M only to ~M * 1e-7 px, so two float32
+# implementations are comparable point by point only while M stays small: the maps whose points
+# land within a few tens of pixels are checked in float32 too.
 EXTREME_FLOAT32 = ["rot90", "rot180", "rot-135-shifted", "mirror-x", "mirror-xy", "shear",
-                   "zoom-in-1e-3", "zoom-out-50", "shift-3"]
+                   "zoom-in-1e-3", "shift-3"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
@@ -289,20 +317,21 @@ EXTREME_FLOAT32 = ["rot90", "rot180", "rot-135-shifted", "mirror-x", "mirror-xy"
                             for n in EXTREME_FLOAT32])
 def test_extreme_thetas(backend, name, dtype, config):
     shape, size = (2, 3, 9, 12), (11, 8)
-    ac = config["align_corners"]
-    # A tiny random perturbation of the extreme map keeps sample points off kinks.
-    theta = random_theta(shape[0], shape[2:], size, ac, seed=seed_of(name), dtype=dtype,
-                         center=EXTREME_THETAS[name], spread=1e-3, device=backend.device)
-    x = random_input(shape, seed=seed_of(name, 1), dtype=dtype,
-                     device=backend.device).requires_grad_()
-    theta.requires_grad_()
-    grad_output = random_input((*shape[:2], *size), seed=seed_of(name, 2), dtype=dtype,
-                               device=backend.device)
+    ac, center = config["align_corners"], EXTREME_THETAS[name][None]
     # Both sides round the source coordinate (magnitude M px) to a few ulp, eps * M, and
     # bilinear interpolation scales a coordinate error by up to 2 max|x| per axis; for large M
     # that bound exceeds the base tolerance (~1e-10 for float64 at M ~ 1e5).
-    magnitude = max(max_abs(pixel_coords(theta, shape[2:], size, ac)), 1.0)
+    magnitude = max(max_abs(pixel_coords(center, shape[2:], size, ac)), 1.0)
     coord_err = 8 * torch.finfo(dtype).eps * magnitude
+    # A tiny random perturbation of the extreme map keeps sample points off kinks, by a margin
+    # well above the coordinate error.
+    theta = random_theta(shape[0], shape[2:], size, ac, seed=seed_of(name), dtype=dtype,
+                         center=center, spread=1e-3, margin=max(1e-4, 10 * coord_err),
+                         device=backend.device).requires_grad_()
+    x = random_input(shape, seed=seed_of(name, 1), dtype=dtype,
+                     device=backend.device).requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of(name, 2), dtype=dtype,
+                               device=backend.device)
     out = assert_grads_match(backend, x, theta, size, config, grad_output,
                              extra_atol=4 * coord_err * max_abs(x))
     if config["padding_mode"] == "zeros" and name.startswith("shift-1e"):
