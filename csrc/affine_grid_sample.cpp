@@ -1,6 +1,7 @@
 // Schema of the stn_ext ops and the checks every device implementation shares.
 #include "affine_grid_sample.h"
 
+#include <ATen/ATen.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -49,15 +50,24 @@ void check_sample_args(const at::Tensor& input, const at::Tensor& theta, int64_t
                     out_h, ", ", out_w, ")");
 }
 
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input) {
-  TORCH_CHECK_VALUE(grad_output.dim() == 4 && grad_output.size(0) == input.size(0) &&
-                        grad_output.size(1) == input.size(1),
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                         const at::Tensor& theta) {
+  TORCH_CHECK_VALUE(grad_output.dim() == 4,
+                    "stn_ext: grad_output must have shape (N, C, Ho, Wo), got ", grad_output.sizes());
+  check_sample_args(input, theta, grad_output.size(2), grad_output.size(3));
+  TORCH_CHECK_VALUE(grad_output.size(0) == input.size(0) && grad_output.size(1) == input.size(1),
                     "stn_ext: grad_output must have shape (N, C, Ho, Wo) with the input's N and C, "
-                    "got ", grad_output.sizes());
+                    "got ", grad_output.sizes(), " for input ", input.sizes());
   TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(),
                    "stn_ext: grad_output must have the dtype of input");
   TORCH_CHECK_VALUE(grad_output.device() == input.device(),
                     "stn_ext: grad_output must be on the input's device");
+}
+
+at::Tensor zeros_like_layout(const at::Tensor& input, at::ScalarType dtype,
+                             at::MemoryFormat memory_format) {
+  return at::empty(input.sizes(), input.options().dtype(dtype).memory_format(memory_format))
+      .zero_();
 }
 
 at::MemoryFormat output_memory_format(const at::Tensor& input) {

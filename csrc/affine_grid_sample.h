@@ -18,7 +18,13 @@ SampleConfig parse_config(const std::string& mode, const std::string& padding_mo
 void check_sample_args(const at::Tensor& input, const at::Tensor& theta, int64_t out_h,
                        int64_t out_w);
 
-void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input);
+// The backward op's arguments: check_sample_args plus grad_output's shape, dtype and device.
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                         const at::Tensor& theta);
+
+// A zero-filled tensor of the input's shape in `memory_format` (at::zeros ignores the format).
+at::Tensor zeros_like_layout(const at::Tensor& input, at::ScalarType dtype,
+                             at::MemoryFormat memory_format);
 
 // Calls f(mode, padding) with both as std::integral_constant, so that a kernel templated on
 // them compiles each combination with its branches folded away.

@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import ops  # noqa: F401  (registers fake kernels and autograd)
+from .ops import AUTOCAST_DEVICE_TYPES
 
 MODES = ("bilinear", "nearest")
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -33,6 +33,10 @@ def available_backends() -> list:
         backends.append("triton")
     backends += ["cpu", "torch"]
     return backends
+
+
+def _float32_if_reduced(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _output_size(input: torch.Tensor, size) -> Tuple[int, int]:
@@ -127,6 +131,11 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor,
         backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda", "triton",
             or "torch" (PyTorch's own two ops, for reference).
     """
+    if (isinstance(input, torch.Tensor) and isinstance(theta, torch.Tensor)
+            and input.device.type in AUTOCAST_DEVICE_TYPES
+            and torch.is_autocast_enabled(input.device.type)):
+        # As F.grid_sample under autocast: sample in float32, whatever precision theta came in.
+        input, theta = _float32_if_reduced(input), _float32_if_reduced(theta)
     _check_tensors(input, theta)
     _check_options(mode, padding_mode, align_corners, backend)
     out_h, out_w = _output_size(input, size)

@@ -1,5 +1,7 @@
-"""Python side of the C++ ops: fake (meta) kernels for tracing and autograd, registered with
-torch.library so that torch.compile(fullgraph=True) and torch.library.opcheck work."""
+"""Python side of the stn_ext ops: fake (meta) kernels for tracing, autograd and autocast,
+registered with torch.library so that torch.compile(fullgraph=True) and torch.library.opcheck
+work. Every backend's op pair (forward, backward) shares the schema of the C++ one and is
+registered here by register_sampling_op."""
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers stn_ext::* and its kernels)
@@ -11,15 +13,24 @@ def output_memory_format(input: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-@torch.library.register_fake("stn_ext::affine_grid_sample")
-def _affine_grid_sample_fake(input, theta, out_h, out_w, mode, padding_mode, align_corners):
+# Devices whose autocast makes the ops run in float32, as F.grid_sample does.
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def _check_device(name: str, tensor: torch.Tensor, input: torch.Tensor) -> None:
+    torch._check(tensor.device == input.device,
+                 lambda: f"stn_ext: {name} is on {tensor.device} but input is on {input.device}")
+
+
+def _forward_fake(input, theta, out_h, out_w, mode, padding_mode, align_corners):
+    _check_device("theta", theta, input)
     return torch.empty((input.shape[0], input.shape[1], out_h, out_w), dtype=input.dtype,
                        device=input.device, memory_format=output_memory_format(input))
 
 
-@torch.library.register_fake("stn_ext::affine_grid_sample_backward")
-def _affine_grid_sample_backward_fake(grad_output, input, theta, mode, padding_mode,
-                                      align_corners, output_mask):
+def _backward_fake(grad_output, input, theta, mode, padding_mode, align_corners, output_mask):
+    _check_device("theta", theta, input)
+    _check_device("grad_output", grad_output, input)
     grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
                               memory_format=output_memory_format(input))
                   if output_mask[0] else input.new_empty(0))
@@ -34,18 +45,30 @@ def _setup_context(ctx, inputs, output):
     ctx.sample_args = (mode, padding_mode, align_corners)
 
 
-def _backward(ctx, grad_output):
-    input, theta = ctx.saved_tensors
-    need_input, need_theta = ctx.needs_input_grad[:2]
-    grad_input, grad_theta = torch.ops.stn_ext.affine_grid_sample_backward(
-        grad_output, input, theta, *ctx.sample_args, [need_input, need_theta])
-    return (grad_input if need_input else None, grad_theta if need_theta else None,
-            None, None, None, None, None)
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("stn_ext: double backward (gradients of gradients) is not supported")
 
 
-torch.library.register_autograd("stn_ext::affine_grid_sample", _backward,
-                                setup_context=_setup_context)
+def register_sampling_op(name: str) -> None:
+    """Fake kernels, autograd and autocast for stn_ext::<name> and stn_ext::<name>_backward."""
+    backward_op = getattr(torch.ops.stn_ext, f"{name}_backward")
 
-# Like F.grid_sample, run in float32 under autocast (sampling positions need the precision).
-for _device_type in ("cpu", "cuda"):
-    torch.library.register_autocast("stn_ext::affine_grid_sample", _device_type, torch.float32)
+    def backward(ctx, grad_output):
+        input, theta = ctx.saved_tensors
+        need_input, need_theta = ctx.needs_input_grad[:2]
+        grad_input, grad_theta = backward_op(grad_output, input, theta, *ctx.sample_args,
+                                             [need_input, need_theta])
+        return (grad_input if need_input else None, grad_theta if need_theta else None,
+                None, None, None, None, None)
+
+    torch.library.register_fake(f"stn_ext::{name}")(_forward_fake)
+    torch.library.register_fake(f"stn_ext::{name}_backward")(_backward_fake)
+    torch.library.register_autograd(f"stn_ext::{name}", backward, setup_context=_setup_context)
+    # Without this, a double backward would silently see zero gradients.
+    torch.library.register_autograd(f"stn_ext::{name}_backward", _no_double_backward)
+    # Like F.grid_sample, run in float32 under autocast (sampling positions need the precision).
+    for device_type in AUTOCAST_DEVICE_TYPES:
+        torch.library.register_autocast(f"stn_ext::{name}", device_type, torch.float32)
+
+
+register_sampling_op("affine_grid_sample")

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .ops import output_memory_format
+from .ops import output_memory_format, register_sampling_op
 
 # Offsets below this fit the kernels' 32-bit index arithmetic.
 _INT32_LIMIT = 2 ** 31
@@ -546,7 +546,7 @@ def affine_grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------------------------
-# Registration: ops, fake kernels, autograd, autocast (as stn_ext/ops.py for the C++ op)
+# Registration: the ops; their fake kernels, autograd and autocast come from stn_ext/ops.py
 # ----------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("stn_ext::triton_affine_grid_sample", mutates_args=())
@@ -554,12 +554,6 @@ def _affine_grid_sample_op(input: torch.Tensor, theta: torch.Tensor, out_h: int,
                            mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
     return affine_grid_sample_forward(input, theta, out_h, out_w, mode, padding_mode,
                                       align_corners)
-
-
-@_affine_grid_sample_op.register_fake
-def _affine_grid_sample_fake(input, theta, out_h, out_w, mode, padding_mode, align_corners):
-    return torch.empty((input.shape[0], input.shape[1], out_h, out_w), dtype=input.dtype,
-                       device=input.device, memory_format=output_memory_format(input))
 
 
 @torch.library.custom_op("stn_ext::triton_affine_grid_sample_backward", mutates_args=())
@@ -571,38 +565,7 @@ def _affine_grid_sample_backward_op(grad_output: torch.Tensor, input: torch.Tens
                                        align_corners, output_mask)
 
 
-@_affine_grid_sample_backward_op.register_fake
-def _affine_grid_sample_backward_fake(grad_output, input, theta, mode, padding_mode,
-                                      align_corners, output_mask):
-    grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                              memory_format=output_memory_format(input))
-                  if output_mask[0] else input.new_empty(0))
-    grad_theta = (torch.empty((theta.shape[0], 2, 3), dtype=theta.dtype, device=theta.device)
-                  if output_mask[1] else theta.new_empty(0))
-    return grad_input, grad_theta
-
-
-def _setup_context(ctx, inputs, output):
-    input, theta, _out_h, _out_w, mode, padding_mode, align_corners = inputs
-    ctx.save_for_backward(input, theta)
-    ctx.sample_args = (mode, padding_mode, align_corners)
-
-
-def _backward(ctx, grad_output):
-    input, theta = ctx.saved_tensors
-    need_input, need_theta = ctx.needs_input_grad[:2]
-    grad_input, grad_theta = torch.ops.stn_ext.triton_affine_grid_sample_backward(
-        grad_output, input, theta, *ctx.sample_args, [need_input, need_theta])
-    return (grad_input if need_input else None, grad_theta if need_theta else None,
-            None, None, None, None, None)
-
-
-_affine_grid_sample_op.register_autograd(_backward, setup_context=_setup_context)
-
-# Like F.grid_sample, run in float32 under autocast (sampling positions need the precision).
-for _device_type in ("cpu", "cuda"):
-    torch.library.register_autocast("stn_ext::triton_affine_grid_sample", _device_type,
-                                    torch.float32)
+register_sampling_op("triton_affine_grid_sample")
 
 
 def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,

@@ -282,29 +282,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() - mean) * inv_std).permute(0, 3, 1, 2)
 
 
-def random_crop_flip(images: torch.Tensor, pad: int, flip: bool,
-                     generator: torch.Generator) -> torch.Tensor:
-    """Random ``pad``-pixel crop (zero padding) and horizontal flip of uint8 NHWC ``images``.
-
-    Done for many images at once: images are grouped by their random shift, so the work is one
-    slice copy per distinct shift rather than a Python step per image.
-    """
-    n, h, w, _ = images.shape
-    out = images.clone()
-    if pad > 0:
-        padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))
-        shifts = torch.randint(0, (2 * pad + 1) ** 2, (n,), generator=generator,
-                               device=images.device)
-        order = torch.argsort(shifts)
-        counts = torch.bincount(shifts, minlength=(2 * pad + 1) ** 2).tolist()
-        start = 0
-        for shift, count in enumerate(counts):
-            if count:
-                idx = order[start:start + count]
-                dy, dx = divmod(shift, 2 * pad + 1)
-                out[idx] = padded[idx, dy:dy + h, dx:dx + w]
-                start += count
-    if flip:
-        flipped = torch.rand(n, generator=generator, device=images.device) < 0.5
-        out[flipped] = out[flipped].flip(2)
-    return out
+def flip_images(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC ``images`` mirrored left-right where the bool vector ``flip`` is set."""
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)

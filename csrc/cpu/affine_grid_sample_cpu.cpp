@@ -189,16 +189,21 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
             const PixelTaps<T>& t = taps[w];
             if (t.inside == 0u) continue;
             const T g = T(go[w * gout.sw]);
+            const bool all_inside = kTaps == 4 && t.inside == 0xFu;  // the common case
             if (dst != nullptr) {
               grad_in_t* d = dst + t.origin(gin);
               for (int k = 0; k < kTaps; ++k) {
-                if (t.is_inside(k)) d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
+                if (all_inside || t.is_inside(k)) {
+                  d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
+                }
               }
             }
             if (want_theta) {
               const scalar_t* s = src + t.origin(in);
               T v[4];
-              for (int k = 0; k < 4; ++k) v[k] = t.is_inside(k) ? T(s[in_delta[k]]) : T(0);
+              for (int k = 0; k < 4; ++k) {
+                v[k] = all_inside || t.is_inside(k) ? T(s[in_delta[k]]) : T(0);
+              }
               T d_ix, d_iy;
               bilinear_coord_grad(stencil[w], v[0], v[1], v[2], v[3], &d_ix, &d_iy);
               g_ix[w] += g * d_ix;
@@ -240,14 +245,12 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
     c10::string_view mode, c10::string_view padding_mode, bool align_corners,
     std::array<bool, 2> output_mask) {
-  check_sample_args(input, theta, grad_output.size(2), grad_output.size(3));
-  check_grad_output(grad_output, input);
+  check_backward_args(grad_output, input, theta);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
   const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  const auto layout = input.options().memory_format(output_memory_format(input));
 
   at::Tensor grad_input_acc = output_mask[0]
-      ? at::zeros(input.sizes(), reduced ? layout.dtype(at::kFloat) : layout)
+      ? zeros_like_layout(input, at::toOpMathType(input.scalar_type()), output_memory_format(input))
       : at::empty({0}, input.options());
   const int64_t groups = channel_groups(input.size(0), input.size(1));
   std::vector<double> partials(output_mask[1] ? input.size(0) * groups * 6 : 0, 0.0);
@@ -256,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
     const Geometry gin = output_mask[0] ? Geometry(grad_input_acc) : Geometry(input);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cpu", [&] {
-          using grad_in_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+          using grad_in_t = at::opmath_type<scalar_t>;
           double* theta_out = output_mask[1] ? partials.data() : nullptr;
           grad_in_t* grad_in = output_mask[0] ? grad_input_acc.mutable_data_ptr<grad_in_t>() : nullptr;
           with_static_config(cfg, [&](auto mode, auto padding) {

@@ -267,8 +267,7 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
     c10::string_view mode, c10::string_view padding_mode, bool align_corners,
     std::array<bool, 2> output_mask) {
-  check_sample_args(input, theta, grad_output.size(2), grad_output.size(3));
-  check_grad_output(grad_output, input);
+  check_backward_args(grad_output, input, theta);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
   if (output_mask[0]) {
     at::globalContext().alertNotDeterministic(
@@ -276,11 +275,10 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
   }
   const c10::cuda::CUDAGuard guard(input.device());
   const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  const auto layout = input.options().memory_format(output_memory_format(input));
   const at::ScalarType opmath = at::toOpMathType(input.scalar_type());
 
   at::Tensor grad_input_acc = output_mask[0]
-      ? at::zeros(input.sizes(), reduced ? layout.dtype(at::kFloat) : layout)
+      ? zeros_like_layout(input, opmath, output_memory_format(input))
       : at::Tensor();
   const int64_t pixels = grad_output.size(2) * grad_output.size(3);
   const dim3 grid = grid_for(pixels, input.size(0));
@@ -293,7 +291,7 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
           using T = at::opmath_type<scalar_t>;
-          using grad_in_t = std::conditional_t<std::is_same_v<T, double>, double, T>;
+          using grad_in_t = T;  // float for float, half and bfloat16; double for double
           auto launch = [&](auto index_zero) {
             using index_t = decltype(index_zero);
             const at::Tensor& gin_geom = output_mask[0] ? grad_input_acc : input;
