@@ -82,14 +82,31 @@ def run_metadata(benchmark: str, device: torch.device, note: Optional[str]) -> d
         "date": utc_now().isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        # Tells a reader whether other jobs shared the machine (load above ~threads means so).
-        "load_average_1min_start": os.getloadavg()[0],
+        "other_processes_cores_start": other_processes_cores(),
         "note": note,
     }
 
 
 def finish_metadata(payload: dict) -> None:
-    payload["load_average_1min_end"] = os.getloadavg()[0]
+    payload["other_processes_cores_end"] = other_processes_cores()
+
+
+def other_processes_cores(sample_s: float = 1.0) -> Optional[float]:
+    """How many CPU cores other processes kept busy while this one slept for ``sample_s``:
+    tells a reader whether the machine was shared (Linux's /proc/stat; None elsewhere)."""
+    def all_processes_busy_s() -> float:
+        with open("/proc/stat") as stat:  # first line: cumulative jiffies of all CPUs
+            user, nice, system, _idle, _iowait, irq, softirq = map(
+                int, stat.readline().split()[1:8])
+        return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        busy_start, own_start = all_processes_busy_s(), time.process_time()
+        time.sleep(sample_s)
+        others = (all_processes_busy_s() - busy_start) - (time.process_time() - own_start)
+    except (OSError, ValueError):
+        return None
+    return max(0.0, others / sample_s)
 
 
 def default_json_path(device: torch.device, suffix: str = "") -> Path:

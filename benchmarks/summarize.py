@@ -20,6 +20,8 @@ from _common import RESULTS_DIR  # noqa: E402
 from bench_sampling import BACKENDS, PASSES, shape_label  # noqa: E402
 
 RESULTS_MD = RESULTS_DIR.parent / "RESULTS.md"
+# Other processes' CPU use (in cores) above which a run is marked as taken on a shared machine.
+SHARED_MACHINE_CORES = 0.25
 
 RECORD_COMMANDS = """\
 ```
@@ -47,9 +49,9 @@ METHOD = """\
 - **Backends.** `torch`: `F.affine_grid` + `F.grid_sample`, eager; `torch-compile`: the same two
   ops under `torch.compile`; `cpu`, `cuda`, `triton`: stn_ext's kernels. Speedup = torch's time /
   the backend's time, for the same shape, dtype, layout and pass.
-- **Training.** One step of `train/cifar.py`'s loop for its CIFAR-10 STN with the recipe named
-  below: zero_grad, forward, loss, backward, gradient clipping (if the recipe clips), optimizer
-  step, channels_last model and input, no LR schedule; on one synthetic batch kept on the device
+- **Training.** One step of `train/cifar.py`'s loop for its CIFAR-10 STN: zero_grad, forward,
+  NLL loss, backward, a step of the optimizer of the recipe named below; channels_last model and
+  input, no LR schedule; on one synthetic batch kept on the device
   (no data loading). Time per epoch is derived: training images per epoch / images per second.
   Variants: `eager`; `compile` (`torch.compile(model)`); `cuda-graph` (the whole step captured in
   one CUDA graph and replayed). Speedups compare with backend `torch` in the same variant."""
@@ -91,14 +93,15 @@ def run_title(run: dict) -> str:
 
 
 def run_header(run: dict) -> str:
-    shared = (run["load_average_1min_start"] > 0.5
-              or run["load_average_1min_end"] > run["threads"] + 0.5)
-    load = (f"1-minute load average {run['load_average_1min_start']:.2f} at the start and "
-            f"{run['load_average_1min_end']:.2f} at the end ({run['cpu_count']} cores; the run "
-            f"itself adds about {run['threads']})")
-    if shared:
-        load += (": **other jobs shared the machine during this run**, so its times are "
-                 "pessimistic and noisy; re-run on a quiet machine to replace them")
+    samples = (run["other_processes_cores_start"], run["other_processes_cores_end"])
+    if None in samples:
+        load = "Other processes' CPU use was not recorded (no /proc/stat)"
+    else:
+        load = (f"Other processes kept {samples[0]:.2f} of the {run['cpu_count']} cores busy in a "
+                f"1-second sample before the run and {samples[1]:.2f} after it")
+        if max(samples) > SHARED_MACHINE_CORES:
+            load += (": **other jobs shared the machine during this run**, so its times are "
+                     "pessimistic and noisy; re-run on a quiet machine to replace them")
     lines = [f"`{run['name']}.json`: {run['device']}, torch {run['torch']}, "
              f"triton {run['triton']}, commit `{run['commit']}`, stn_ext build "
              f"`{run['extension_build']}`, {run['date']}, "

@@ -15,8 +15,6 @@ import datetime
 import json
 import math
 import os
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +32,8 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from stn_ext.nn import SpatialTransformer  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar_data import (MEAN, STD, DatasetError, Split, flip_images, load_cifar10,  # noqa: E402
-                        normalize)
+from cifar_data import (MEAN, STD, DatasetError, Split, atomic_write,  # noqa: E402
+                        flip_first_half, load_cifar10, normalize)
 
 
 class Net(nn.Module):
@@ -71,11 +67,10 @@ class Recipe:
     optimizer: str = "sgd"          # "sgd" or "adamw"
     lr: float = 0.01
     stn_lr_scale: float = 1.0       # the spatial transformer's learning rate = lr * this
-    momentum: float = 0.0           # SGD only
     weight_decay: float = 0.0
     schedule: str = "constant"      # "constant" or "cosine" (per step, to 0 at the last step)
     warmup_epochs: float = 0.0      # linear warm-up from 0, per step
-    flip: bool = False              # random horizontal flips
+    flip: bool = False              # horizontal flips of half of each (shuffled) batch
 
 
 RECIPES = {
@@ -158,7 +153,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", type=Path, default=None, metavar="PATH",
                    help="continue the run whose folder or checkpoint.pt this is")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per process [the CPU cores / processes on this node]")
+                   help="CPU threads per process [the CPU cores / processes on this machine]")
     p.add_argument("--eval-batch-size", type=int, default=1000, help="[1000]")
     p.add_argument("--log-interval", type=int, default=100,
                    help="batches between loss checks (each one syncs with the device) [100]")
@@ -192,8 +187,7 @@ def make_optimizer(model: Net, recipe: Recipe, lr: float) -> torch.optim.Optimiz
     groups = [{"params": [p for p in model.parameters() if id(p) not in stn_ids], "lr": lr},
               {"params": stn_params, "lr": lr * recipe.stn_lr_scale}]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum,
-                               weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adamw":
         # The fused kernel: half the time of the per-parameter loop for this model on CPU.
         return torch.optim.AdamW(groups, lr=lr, weight_decay=recipe.weight_decay, fused=True)
@@ -214,23 +208,23 @@ def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def rng_state(generators) -> dict:
-    state = {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators]}
+def rng_state(shuffle_gen: torch.Generator) -> dict:
+    """What decides the rest of the run's randomness: the shuffle and the dropout masks."""
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict, generators) -> None:
+def set_rng_state(state: dict, shuffle_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    for g, s in zip(generators, state["generators"]):
-        g.set_state(s)
+    shuffle_gen.set_state(state["shuffle"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
-                epoch: int, batch_size: int, shuffle_gen, augment_gen, world: World,
+                epoch: int, batch_size: int, shuffle_gen: torch.Generator, world: World,
                 log_interval: int) -> float:
     """One epoch over this rank's shard; returns the mean training loss over all ranks."""
     ddp_model.train()
@@ -239,8 +233,6 @@ def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
     order = torch.randperm(len(train), generator=shuffle_gen)
     shard = len(train) // world.size
     order = order[world.rank * shard:(world.rank + 1) * shard].to(train.images.device)
-    flips = (torch.rand(shard, generator=augment_gen, device=augment_gen.device) < 0.5
-             if recipe.flip else None)
     local_batch = batch_size // world.size
     steps = math.ceil(shard / local_batch)
     loss_sum = torch.zeros((), device=train.images.device)
@@ -249,13 +241,12 @@ def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
     for step in range(steps):
         # Gathering each batch as it is needed keeps the copies in cache: ~10x cheaper than
         # permuting the whole set up front.
-        batch = slice(step * local_batch, (step + 1) * local_batch)
-        indices = order[batch]
-        images = train.images[indices]
-        if flips is not None:
-            images = flip_images(images, flips[batch])
+        indices = order[step * local_batch:(step + 1) * local_batch]
+        images = train.images.index_select(0, indices)
+        if recipe.flip:
+            images = flip_first_half(images)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.nll_loss(ddp_model(normalize(images)), train.labels[indices])
+        loss = F.nll_loss(ddp_model(normalize(images)), train.labels.index_select(0, indices))
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -266,7 +257,7 @@ def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
             if not math.isfinite(mean_loss):
                 bar.close()
                 raise TrainingDiverged(f"the training loss became {mean_loss} in epoch {epoch} "
-                                       f"(by batch {step + 1}); lower --lr or use --recipe seed")
+                                       f"(by batch {step + 1}); try a lower --lr")
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
     bar.close()
     return mean_loss
@@ -287,18 +278,6 @@ def evaluate(model: Net, test: Split, batch_size: int, world: World):
 
 
 # ----------------------------------------------------------------------------- outputs
-def atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_json(path: Path, obj) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
@@ -335,7 +314,7 @@ def plot_stn(model: Net, images: torch.Tensor, path: Path) -> None:
     x = normalize(images)
     mean = x.new_tensor(MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(STD).view(1, 3, 1, 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     for ax, batch, title in ((axes[0], x, "Dataset images"),
                              (axes[1], model.stn(x), "Transformed images")):
         grid = make_grid((batch * std + mean).clamp(0, 1).cpu(), nrow=8)
@@ -352,9 +331,12 @@ def pick_device(device_arg: str) -> torch.device:
     if device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise SystemExit("error: --device cuda but no CUDA device is available")
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
-        torch.cuda.set_device(device)
-        return device
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # one GPU per process
+        if local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"error: process {local_rank} has no GPU of its own "
+                             f"({torch.cuda.device_count()} visible)")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
@@ -405,7 +387,6 @@ def run(args: argparse.Namespace) -> dict:
     optimizer = make_optimizer(model, recipe, lr)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch, args.epochs)
     shuffle_gen = torch.Generator().manual_seed(args.seed)
-    augment_gen = torch.Generator(device).manual_seed(args.seed * 1000 + world.rank + 1)
 
     config = {"run": {k: getattr(args, k) for k in RUN_DEFAULTS} | {"data": str(args.data)},
               "recipe": dataclasses.asdict(recipe) | {"lr": lr},
@@ -423,20 +404,21 @@ def run(args: argparse.Namespace) -> dict:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"][world.rank], (shuffle_gen, augment_gen))
+        set_rng_state(checkpoint["rng"][world.rank], shuffle_gen)
         history = checkpoint["history"]
         first_epoch = checkpoint["epoch"] + 1
         log(f"resuming {checkpoint['path']} after epoch {checkpoint['epoch']}")
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log(f"training on {len(train)} images ({world.size} x {device}, "
-        f"{torch.get_num_threads()} threads), testing on {len(test)}; writing to {out}")
+        f"{torch.get_num_threads()} threads), testing on {len(test)}; writing to {out} "
+        f"(if stopped, continue with --resume {out})")
 
     metrics = {"config": config, "epochs": history}
     for epoch in range(first_epoch, args.epochs + 1):
         epoch_start = time.perf_counter()
         train_loss = train_epoch(ddp_model, optimizer, scheduler, recipe, train, epoch,
-                                 args.batch_size, shuffle_gen, augment_gen, world,
+                                 args.batch_size, shuffle_gen, world,
                                  args.log_interval)
         train_time = time.perf_counter() - epoch_start
         test_loss, correct = evaluate(model, test, args.eval_batch_size, world)
@@ -448,7 +430,7 @@ def run(args: argparse.Namespace) -> dict:
                         "test_acc": test_acc,
                         "epoch_time_s": time.perf_counter() - epoch_start,
                         "images_per_s": len(train) / train_time})
-        states = world.gather(rng_state((shuffle_gen, augment_gen)))
+        states = world.gather(rng_state(shuffle_gen))
         if world.is_main:
             atomic_write(out / "checkpoint.pt", lambda f: torch.save({
                 "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
