@@ -292,7 +292,7 @@ def test_torchrun_two_processes(tmp_path):
          str(REPO / "train" / "cifar.py"),
          *train_args(data, tmp_path / "run", "--epochs", 2, "--limit-train", 192)],
         cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stdout.count("Test set: Average loss") == 2  # rank 0 only
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["world_size"] == 2 and metrics["config"]["threads"] == 1

@@ -450,6 +450,10 @@ def run(args: argparse.Namespace) -> dict:
         log(f"final test accuracy {history[-1]['test_acc']:.2f}% (best {best['test_acc']:.2f}% "
             f"at epoch {best['epoch']}); {metrics['summary']['wall_time_s']:.0f} s; "
             f"results in {out}")
+    # Ranks leave together: a rank that tears its process group down while rank 0 is still
+    # writing files can abort in gloo's shutdown. (Only on success: after an error the peers
+    # may never arrive.)
+    world.barrier()
     return metrics
 
 
