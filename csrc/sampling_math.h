@@ -28,9 +28,9 @@ struct SampleConfig {
 namespace math {
 
 #ifdef __CUDACC__
-template <typename T> C10_HOST_DEVICE inline T floor_(T x) { return ::floor(x); }
-template <typename T> C10_HOST_DEVICE inline T fabs_(T x) { return ::fabs(x); }
-template <typename T> C10_HOST_DEVICE inline T fmod_(T x, T y) { return ::fmod(x, y); }
+template <typename T> C10_HOST_DEVICE C10_ALWAYS_INLINE T floor_(T x) { return ::floor(x); }
+template <typename T> C10_HOST_DEVICE C10_ALWAYS_INLINE T fabs_(T x) { return ::fabs(x); }
+template <typename T> C10_HOST_DEVICE C10_ALWAYS_INLINE T fmod_(T x, T y) { return ::fmod(x, y); }
 #else
 template <typename T> inline T floor_(T x) { return std::floor(x); }
 template <typename T> inline T fabs_(T x) { return std::fabs(x); }
@@ -43,7 +43,7 @@ template <typename T> inline T fmod_(T x, T y) { return std::fmod(x, y); }
 // torch.linspace(-1, 1, size) (evaluated from the nearer end, as ATen does), scaled by
 // (size - 1) / size when !align_corners. A 1-pixel axis sits at 0, as in F.affine_grid.
 template <typename T>
-C10_HOST_DEVICE inline T base_coord(int64_t i, int64_t size, bool align_corners) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T base_coord(int64_t i, int64_t size, bool align_corners) {
   if (size <= 1) return T(0);
   const T step = T(2) / T(size - 1);
   const T v = i < size / 2 ? T(-1) + step * T(i) : T(1) - step * T(size - 1 - i);
@@ -52,7 +52,7 @@ C10_HOST_DEVICE inline T base_coord(int64_t i, int64_t size, bool align_corners)
 
 // Normalised [-1, 1] coordinate -> pixel coordinate; *d_coord gets d(pixel)/d(normalised).
 template <typename T>
-C10_HOST_DEVICE inline T unnormalize(T coord, int64_t size, bool align_corners, T* d_coord) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T unnormalize(T coord, int64_t size, bool align_corners, T* d_coord) {
   if (align_corners) {
     *d_coord = T(size - 1) / T(2);
     return (coord + T(1)) / T(2) * T(size - 1);
@@ -63,7 +63,7 @@ C10_HOST_DEVICE inline T unnormalize(T coord, int64_t size, bool align_corners, 
 
 // Clamp to [0, size - 1]; the derivative is 0 where the clamp is active.
 template <typename T>
-C10_HOST_DEVICE inline T clip(T coord, int64_t size, T* d_coord) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T clip(T coord, int64_t size, T* d_coord) {
   const T high = T(size - 1);
   if (coord <= T(0)) {
     *d_coord = T(0);
@@ -81,7 +81,7 @@ C10_HOST_DEVICE inline T clip(T coord, int64_t size, T* d_coord) {
 // bounds of !align_corners stay integers). The parity of the number of flips is taken in
 // floating point, so huge coordinates cannot overflow an integer.
 template <typename T>
-C10_HOST_DEVICE inline T reflect(T coord, int64_t twice_low, int64_t twice_high, T* d_coord) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T reflect(T coord, int64_t twice_low, int64_t twice_high, T* d_coord) {
   if (twice_low == twice_high) {
     *d_coord = T(0);
     return T(0);
@@ -106,7 +106,7 @@ C10_HOST_DEVICE inline T reflect(T coord, int64_t twice_low, int64_t twice_high,
 
 // Normalised coordinate -> padded pixel coordinate along one axis, with its derivative.
 template <typename T>
-C10_HOST_DEVICE inline T source_index(T coord, int64_t size, const SampleConfig& cfg, T* d_coord) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE T source_index(T coord, int64_t size, const SampleConfig& cfg, T* d_coord) {
   T d_unnorm;
   coord = unnormalize(coord, size, cfg.align_corners, &d_unnorm);
   if (cfg.padding == Padding::Zeros) {
@@ -146,7 +146,7 @@ struct SourcePoint {
 
 // Output pixel (w, h) of a (out_h, out_w) output -> its source point in an (in_h, in_w) input.
 template <typename T>
-C10_HOST_DEVICE inline SourcePoint<T> source_point(const Affine<T>& a, T base_x, T base_y,
+C10_HOST_DEVICE C10_ALWAYS_INLINE SourcePoint<T> source_point(const Affine<T>& a, T base_x, T base_y,
                                                    int64_t in_h, int64_t in_w,
                                                    const SampleConfig& cfg) {
   const T gx = a.t00 * base_x + a.t01 * base_y + a.t02;
@@ -160,14 +160,14 @@ C10_HOST_DEVICE inline SourcePoint<T> source_point(const Affine<T>& a, T base_x,
 // A source point far outside (or non-finite) reads only zero padding. Checked in floating point
 // before any conversion to integers, so no coordinate can overflow an index.
 template <typename T>
-C10_HOST_DEVICE inline bool is_far_outside(const SourcePoint<T>& p, int64_t in_h, int64_t in_w) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE bool is_far_outside(const SourcePoint<T>& p, int64_t in_h, int64_t in_w) {
   return !(p.ix > T(-2) && p.ix < T(in_w + 1) && p.iy > T(-2) && p.iy < T(in_h + 1));
 }
 
 // floor() of a coordinate already known to be in a small range (not far outside, see above):
 // a cast and a compare, where std::floor is a library call on baseline x86-64.
 template <typename T>
-C10_HOST_DEVICE inline int64_t floor_in_range(T x) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE int64_t floor_in_range(T x) {
   const int64_t i = static_cast<int64_t>(x);
   return i - (T(i) > x);
 }
@@ -194,7 +194,7 @@ struct Bilinear {
 // Nearest pixel of a point that is not far outside, rounding half to even as ATen's
 // std::nearbyint does (x - floor(x) is exact here, so the tie test is exact).
 template <typename T>
-C10_HOST_DEVICE inline int64_t nearest_index(T coord) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE int64_t nearest_index(T coord) {
   const int64_t f = floor_in_range(coord);
   const T frac = coord - T(f);
   if (frac > T(0.5)) return f + 1;
@@ -202,13 +202,13 @@ C10_HOST_DEVICE inline int64_t nearest_index(T coord) {
   return f + (f & 1);
 }
 
-C10_HOST_DEVICE inline bool in_bounds(int64_t x, int64_t y, int64_t in_h, int64_t in_w) {
+C10_HOST_DEVICE C10_ALWAYS_INLINE bool in_bounds(int64_t x, int64_t y, int64_t in_h, int64_t in_w) {
   return x >= 0 && x < in_w && y >= 0 && y < in_h;
 }
 
 // Gradient of a bilinear sample with respect to (ix, iy) given the four corner values.
 template <typename T>
-C10_HOST_DEVICE inline void bilinear_coord_grad(const Bilinear<T>& b, T v00, T v01, T v10, T v11,
+C10_HOST_DEVICE C10_ALWAYS_INLINE void bilinear_coord_grad(const Bilinear<T>& b, T v00, T v01, T v10, T v11,
                                                 T* d_ix, T* d_iy) {
   *d_ix = (v01 - v00) * b.north + (v11 - v10) * b.south;
   *d_iy = (v10 - v00) * b.west + (v11 - v01) * b.east;

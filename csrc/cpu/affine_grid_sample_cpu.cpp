@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../affine_grid_sample.h"
@@ -138,22 +139,63 @@ int64_t channel_groups(int64_t batch, int64_t channels) {
   return batch >= kMinUnits ? 1 : std::max<int64_t>(1, std::min(channels, kMinUnits));
 }
 
+// One channel's share of the backward pass along one output row: scatters the bilinear weights
+// times grad_output into grad_input and adds the channel's d(loss)/d(ix, iy) to g_ix, g_iy.
+// Templated on which gradients are wanted so the per-pixel loop has no loop-invariant branches.
+template <bool kGradInput, bool kGradTheta, int kTaps, typename T, typename scalar_t,
+          typename grad_in_t>
+inline void backward_channel_row(int64_t width, const PixelTaps<T>* taps,
+                                 const int64_t* in_origin, const int64_t* gin_origin,
+                                 const Bilinear<T>* stencil, const scalar_t* go,
+                                 int64_t go_stride, const scalar_t* src, grad_in_t* dst,
+                                 const int64_t* in_delta, const int64_t* gin_delta, T* g_ix,
+                                 T* g_iy) {
+  for (int64_t w = 0; w < width; ++w) {
+    const PixelTaps<T>& t = taps[w];
+    if (t.inside == 0u) continue;
+    const T g = T(go[w * go_stride]);
+    const bool all_inside = kTaps == 4 && t.inside == 0xFu;  // the common case
+    if constexpr (kGradInput) {
+      grad_in_t* d = dst + gin_origin[w];
+      if (all_inside) {
+        for (int k = 0; k < 4; ++k) d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
+      } else {
+        for (int k = 0; k < kTaps; ++k) {
+          if (t.is_inside(k)) d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
+        }
+      }
+    }
+    if constexpr (kGradTheta) {
+      const scalar_t* s = src + in_origin[w];
+      T v[4];
+      if (all_inside) {
+        for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta[k]]);
+      } else {
+        for (int k = 0; k < 4; ++k) v[k] = t.is_inside(k) ? T(s[in_delta[k]]) : T(0);
+      }
+      T d_ix, d_iy;
+      bilinear_coord_grad(stencil[w], v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+      g_ix[w] += g * d_ix;
+      g_iy[w] += g * d_iy;
+    }
+  }
+}
+
 // grad_in_t is the opmath type: float for float and reduced-precision inputs (accumulating in
 // half would lose gradient mass; the caller casts back), double for double.
-template <Interpolation kMode, Padding kPadding, typename scalar_t, typename grad_in_t>
+template <Interpolation kMode, Padding kPadding, bool kGradInput, bool kGradTheta,
+          typename scalar_t, typename grad_in_t>
 void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
                      const at::Tensor& theta, bool align_corners, grad_in_t* grad_in_ptr,
                      const Geometry& gin, double* theta_partials, int64_t groups) {
   using T = at::opmath_type<scalar_t>;
-  constexpr bool kBilinear = kMode == Interpolation::Bilinear;
-  constexpr int kTaps = kBilinear ? 4 : 1;
+  constexpr int kTaps = kMode == Interpolation::Bilinear ? 4 : 1;
   const SampleConfig cfg{kMode, kPadding, align_corners};
   const Geometry in(input), gout(grad_output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* gout_ptr = grad_output.const_data_ptr<scalar_t>();
   const std::vector<T> base_x = base_coords<T>(gout.w, align_corners);
   const int64_t group_size = (in.c + groups - 1) / groups;
-  const bool want_theta = theta_partials != nullptr && kBilinear;  // nearest: zero grad
   int64_t in_delta[4], gin_delta[4];
   for (int k = 0; k < 4; ++k) {
     in_delta[k] = PixelTaps<T>::delta(k, in);
@@ -161,9 +203,11 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
   }
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
-    // Per pixel of the current row: taps, bilinear neighbourhood, d(pixel)/d(grid), and the
-    // coordinate gradient summed over the unit's channels.
+    // Per pixel of the current row: taps, their offsets in input and grad_input planes, the
+    // bilinear neighbourhood, d(pixel)/d(grid), and the coordinate gradient summed over the
+    // unit's channels.
     std::vector<PixelTaps<T>> taps(gout.w);
+    std::vector<int64_t> in_origin(gout.w), gin_origin(gout.w);
     std::vector<Bilinear<T>> stencil(gout.w);
     std::vector<T> dix(gout.w), diy(gout.w), g_ix(gout.w), g_iy(gout.w);
     for (int64_t unit = begin; unit < end; ++unit) {
@@ -177,41 +221,21 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
         for (int64_t w = 0; w < gout.w; ++w) {
           const SourcePoint<T> p = source_point(a, base_x[w], base_y, in.h, in.w, cfg);
           taps[w] = resolve_taps<kMode>(p, in, &stencil[w]);
+          in_origin[w] = taps[w].origin(in);
+          gin_origin[w] = taps[w].origin(gin);
           dix[w] = p.dix;
           diy[w] = p.diy;
           g_ix[w] = g_iy[w] = T(0);
         }
         for (int64_t c = c_begin; c < c_end; ++c) {
-          const scalar_t* go = gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh;
-          const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
-          grad_in_t* dst = grad_in_ptr == nullptr ? nullptr : grad_in_ptr + n * gin.sn + c * gin.sc;
-          for (int64_t w = 0; w < gout.w; ++w) {
-            const PixelTaps<T>& t = taps[w];
-            if (t.inside == 0u) continue;
-            const T g = T(go[w * gout.sw]);
-            const bool all_inside = kTaps == 4 && t.inside == 0xFu;  // the common case
-            if (dst != nullptr) {
-              grad_in_t* d = dst + t.origin(gin);
-              for (int k = 0; k < kTaps; ++k) {
-                if (all_inside || t.is_inside(k)) {
-                  d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
-                }
-              }
-            }
-            if (want_theta) {
-              const scalar_t* s = src + t.origin(in);
-              T v[4];
-              for (int k = 0; k < 4; ++k) {
-                v[k] = all_inside || t.is_inside(k) ? T(s[in_delta[k]]) : T(0);
-              }
-              T d_ix, d_iy;
-              bilinear_coord_grad(stencil[w], v[0], v[1], v[2], v[3], &d_ix, &d_iy);
-              g_ix[w] += g * d_ix;
-              g_iy[w] += g * d_iy;
-            }
-          }
+          backward_channel_row<kGradInput, kGradTheta, kTaps>(
+              gout.w, taps.data(), in_origin.data(), gin_origin.data(), stencil.data(),
+              gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sw,
+              in_ptr + n * in.sn + c * in.sc,
+              kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, in_delta, gin_delta,
+              g_ix.data(), g_iy.data());
         }
-        if (want_theta) {
+        if constexpr (kGradTheta) {
           for (int64_t w = 0; w < gout.w; ++w) {
             tg.add(double(g_ix[w] * dix[w]), double(g_iy[w] * diy[w]), double(base_x[w]),
                    double(base_y));
@@ -262,9 +286,21 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
           using grad_in_t = at::opmath_type<scalar_t>;
           double* theta_out = output_mask[1] ? partials.data() : nullptr;
           grad_in_t* grad_in = output_mask[0] ? grad_input_acc.mutable_data_ptr<grad_in_t>() : nullptr;
+          // Nearest sampling has zero theta gradient: only its partials' zeros are written.
+          const bool theta_work = theta_out != nullptr && cfg.mode == Interpolation::Bilinear;
           with_static_config(cfg, [&](auto mode, auto padding) {
-            backward_kernel<decltype(mode)::value, decltype(padding)::value, scalar_t, grad_in_t>(
-                grad_output, input, theta, align_corners, grad_in, gin, theta_out, groups);
+            constexpr Interpolation kMode = decltype(mode)::value;
+            constexpr Padding kPadding = decltype(padding)::value;
+            auto run = [&](auto grad_input_wanted, auto theta_wanted) {
+              backward_kernel<kMode, kPadding, decltype(grad_input_wanted)::value,
+                              decltype(theta_wanted)::value, scalar_t, grad_in_t>(
+                  grad_output, input, theta, align_corners, grad_in, gin, theta_out, groups);
+            };
+            using Yes = std::true_type;
+            using No = std::false_type;
+            if (grad_in != nullptr && theta_work) run(Yes{}, Yes{});
+            else if (grad_in != nullptr) run(Yes{}, No{});
+            else if (theta_work) run(No{}, Yes{});
           });
         });
   }
