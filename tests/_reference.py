@@ -194,3 +194,19 @@ def make_case(backend: Backend, shape, size, config: dict, dtype, seed: int, *,
     theta = random_theta(shape[0], shape[2:], out_hw(shape, size), config["align_corners"],
                          seed=seed, dtype=dtype, device=backend.device, **theta_kwargs)
     return x.requires_grad_(requires_grad), theta.requires_grad_(requires_grad)
+
+
+# (input shape, size): square and non-square, up- and down-sampling, batch 1 and larger,
+# 1-pixel input and output edges.
+SHAPES = {
+    "square": ((2, 3, 8, 8), None),
+    "up-nonsquare": ((2, 3, 5, 7), (9, 13)),
+    "down-nonsquare": ((3, 2, 12, 10), (5, 4)),
+    "batch1": ((1, 4, 6, 9), (7, 6)),
+    "in-H1": ((2, 3, 1, 9), (4, 6)),
+    "in-W1": ((2, 3, 7, 1), (5, 3)),
+    "in-1x1": ((2, 3, 1, 1), (3, 4)),
+    "out-H1": ((2, 3, 6, 7), (1, 5)),
+    "out-W1": ((2, 3, 6, 7), (4, 1)),
+    "out-1x1": ((2, 3, 6, 7), (1, 1)),
+}

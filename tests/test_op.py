@@ -7,24 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _reference import (CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_close, assert_same_run,
-                        expected_memory_format, grads, make_case, max_abs, out_hw, pixel_coords,
-                        random_input, random_theta, reference, run, seed_of)
+from _reference import (SHAPES, CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_close,
+                        assert_same_run, expected_memory_format, grads, make_case, max_abs, out_hw,
+                        pixel_coords, random_input, random_theta, reference, run, seed_of)
 
-# (input shape, size): square and non-square, up- and down-sampling, batch 1 and larger,
-# 1-pixel input and output edges.
-SHAPES = {
-    "square": ((2, 3, 8, 8), None),
-    "up-nonsquare": ((2, 3, 5, 7), (9, 13)),
-    "down-nonsquare": ((3, 2, 12, 10), (5, 4)),
-    "batch1": ((1, 4, 6, 9), (7, 6)),
-    "in-H1": ((2, 3, 1, 9), (4, 6)),
-    "in-W1": ((2, 3, 7, 1), (5, 3)),
-    "in-1x1": ((2, 3, 1, 1), (3, 4)),
-    "out-H1": ((2, 3, 6, 7), (1, 5)),
-    "out-W1": ((2, 3, 6, 7), (4, 1)),
-    "out-1x1": ((2, 3, 6, 7), (1, 1)),
-}
 DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
 
 
