@@ -1,7 +1,6 @@
 // Schema of the stn_ext ops and the checks every device implementation shares.
 #include "affine_grid_sample.h"
 
-#include <ATen/ATen.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -62,12 +61,6 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                    "stn_ext: grad_output must have the dtype of input");
   TORCH_CHECK_VALUE(grad_output.device() == input.device(),
                     "stn_ext: grad_output must be on the input's device");
-}
-
-at::Tensor zeros_like_layout(const at::Tensor& input, at::ScalarType dtype,
-                             at::MemoryFormat memory_format) {
-  return at::empty(input.sizes(), input.options().dtype(dtype).memory_format(memory_format))
-      .zero_();
 }
 
 at::MemoryFormat output_memory_format(const at::Tensor& input) {

@@ -22,10 +22,6 @@ void check_sample_args(const at::Tensor& input, const at::Tensor& theta, int64_t
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                          const at::Tensor& theta);
 
-// A zero-filled tensor of the input's shape in `memory_format` (at::zeros ignores the format).
-at::Tensor zeros_like_layout(const at::Tensor& input, at::ScalarType dtype,
-                             at::MemoryFormat memory_format);
-
 // Calls f(mode, padding) with both as std::integral_constant, so that a kernel templated on
 // them compiles each combination with its branches folded away.
 template <typename F>

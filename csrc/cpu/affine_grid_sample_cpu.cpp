@@ -271,10 +271,11 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
     std::array<bool, 2> output_mask) {
   check_backward_args(grad_output, input, theta);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
-  const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
 
+  // Accumulated in the opmath type (float for half and bfloat16), cast back at the end.
   at::Tensor grad_input_acc = output_mask[0]
-      ? zeros_like_layout(input, at::toOpMathType(input.scalar_type()), output_memory_format(input))
+      ? at::zeros_like(input, input.options().dtype(at::toOpMathType(input.scalar_type())),
+                       output_memory_format(input))
       : at::empty({0}, input.options());
   const int64_t groups = channel_groups(input.size(0), input.size(1));
   std::vector<double> partials(output_mask[1] ? input.size(0) * groups * 6 : 0, 0.0);
@@ -305,8 +306,7 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
         });
   }
 
-  at::Tensor grad_input = reduced && output_mask[0] ? grad_input_acc.to(input.scalar_type())
-                                                    : grad_input_acc;
+  at::Tensor grad_input = grad_input_acc.to(input.scalar_type());  // no copy when already so
   at::Tensor grad_theta = at::empty({0}, theta.options());
   if (output_mask[1]) {
     at::Tensor sums = at::zeros({input.size(0), 2, 3}, theta.options().dtype(at::kDouble));

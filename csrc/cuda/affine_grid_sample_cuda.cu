@@ -274,11 +274,10 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
         "stn_ext::affine_grid_sample_backward (CUDA, gradient of input)");
   }
   const c10::cuda::CUDAGuard guard(input.device());
-  const bool reduced = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
   const at::ScalarType opmath = at::toOpMathType(input.scalar_type());
 
   at::Tensor grad_input_acc = output_mask[0]
-      ? zeros_like_layout(input, opmath, output_memory_format(input))
+      ? at::zeros_like(input, input.options().dtype(opmath), output_memory_format(input))
       : at::Tensor();
   const int64_t pixels = grad_output.size(2) * grad_output.size(3);
   const dim3 grid = grid_for(pixels, input.size(0));
@@ -309,9 +308,8 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
         });
   }
 
-  at::Tensor grad_input = !output_mask[0] ? at::empty({0}, input.options())
-                          : reduced       ? grad_input_acc.to(input.scalar_type())
-                                          : grad_input_acc;
+  at::Tensor grad_input = output_mask[0] ? grad_input_acc.to(input.scalar_type())  // no copy
+                                         : at::empty({0}, input.options());    // when already so
   at::Tensor grad_theta = output_mask[1]
       ? partials.sum(1).view({input.size(0), 2, 3}).to(theta.scalar_type())
       : at::empty({0}, theta.options());
