@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 # Idle OpenMP workers sleep instead of spinning: on a CPU shared with other jobs, spinning
 # workers wait whole scheduler slices for each other (2-thread steps ran up to 9x slower here).
@@ -223,18 +223,23 @@ def set_rng_state(state: dict, shuffle_gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rank_share(train_images: int, batch_size: int, world: World) -> Tuple[int, int, int]:
+    """(images, batch, steps) of one rank's epoch: every rank takes an equal share of the
+    shuffled set (dropping up to world.size - 1 images) so all run the same number of steps."""
+    shard = train_images // world.size
+    local_batch = batch_size // world.size
+    return shard, local_batch, math.ceil(shard / local_batch)
+
+
 def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
                 epoch: int, batch_size: int, shuffle_gen: torch.Generator, world: World,
                 log_interval: int) -> float:
     """One epoch over this rank's shard; returns the mean training loss over all ranks."""
     ddp_model.train()
-    # Every rank draws the same permutation and takes its own equal share of it (dropping up to
-    # world.size - 1 images), so that all ranks run the same number of steps.
+    # Every rank draws the same permutation and takes its own share of it.
+    shard, local_batch, steps = rank_share(len(train), batch_size, world)
     order = torch.randperm(len(train), generator=shuffle_gen)
-    shard = len(train) // world.size
     order = order[world.rank * shard:(world.rank + 1) * shard].to(train.images.device)
-    local_batch = batch_size // world.size
-    steps = math.ceil(shard / local_batch)
     loss_sum = torch.zeros((), device=train.images.device)
     bar = tqdm(total=shard * world.size, desc=f"epoch {epoch}", unit="img", leave=False,
                disable=not world.is_main, mininterval=0.5, dynamic_ncols=True)
@@ -383,7 +388,7 @@ def run(args: argparse.Namespace) -> dict:
     model = Net(args.backend).to(device, memory_format=torch.channels_last)
     ddp_model = (nn.parallel.DistributedDataParallel(model, [device] if device.type == "cuda"
                                                      else None) if world.enabled else model)
-    steps_per_epoch = math.ceil(len(train) // world.size / (args.batch_size // world.size))
+    _, _, steps_per_epoch = rank_share(len(train), args.batch_size, world)
     optimizer = make_optimizer(model, recipe, lr)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch, args.epochs)
     shuffle_gen = torch.Generator().manual_seed(args.seed)
