@@ -61,20 +61,15 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T unnormalize(T coord, int64_t size, bool alig
   return ((coord + T(1)) * T(size) - T(1)) / T(2);
 }
 
-// Clamp to [0, size - 1]; the derivative is 0 where the clamp is active.
+// Clamp to [0, size - 1]; the derivative is 0 where the clamp is active. Selects, not
+// branches, so that CPU loops over many points vectorise.
 template <typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE T clip(T coord, int64_t size, T* d_coord) {
   const T high = T(size - 1);
-  if (coord <= T(0)) {
-    *d_coord = T(0);
-    return T(0);
-  }
-  if (coord >= high) {
-    *d_coord = T(0);
-    return high;
-  }
-  *d_coord = T(1);
-  return coord;
+  const bool low_clamped = coord <= T(0), high_clamped = coord >= high;
+  *d_coord = low_clamped | high_clamped ? T(0) : T(1);
+  const T below_high = high_clamped ? high : coord;
+  return low_clamped ? T(0) : below_high;
 }
 
 // Reflect into [twice_low / 2, twice_high / 2] (bounds given doubled so that the half-pixel
@@ -134,6 +129,14 @@ struct Affine {
     return {T(theta[0]), T(theta[s_col]), T(theta[2 * s_col]),
             T(theta[s_row]), T(theta[s_row + s_col]), T(theta[s_row + 2 * s_col])};
   }
+
+  // The grid point (normalised input coordinates) of the base point (base_x, base_y).
+  C10_HOST_DEVICE C10_ALWAYS_INLINE T grid_x(T base_x, T base_y) const {
+    return t00 * base_x + t01 * base_y + t02;
+  }
+  C10_HOST_DEVICE C10_ALWAYS_INLINE T grid_y(T base_x, T base_y) const {
+    return t10 * base_x + t11 * base_y + t12;
+  }
 };
 
 // Where one output pixel samples the input: pixel coordinates (ix, iy) after padding, and
@@ -149,11 +152,9 @@ template <typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE SourcePoint<T> source_point(const Affine<T>& a, T base_x, T base_y,
                                                    int64_t in_h, int64_t in_w,
                                                    const SampleConfig& cfg) {
-  const T gx = a.t00 * base_x + a.t01 * base_y + a.t02;
-  const T gy = a.t10 * base_x + a.t11 * base_y + a.t12;
   SourcePoint<T> p;
-  p.ix = source_index(gx, in_w, cfg, &p.dix);
-  p.iy = source_index(gy, in_h, cfg, &p.diy);
+  p.ix = source_index(a.grid_x(base_x, base_y), in_w, cfg, &p.dix);
+  p.iy = source_index(a.grid_y(base_x, base_y), in_h, cfg, &p.diy);
   return p;
 }
 
@@ -161,54 +162,56 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE SourcePoint<T> source_point(const Affine<T>& a
 // before any conversion to integers, so no coordinate can overflow an index.
 template <typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE bool is_far_outside(const SourcePoint<T>& p, int64_t in_h, int64_t in_w) {
-  return !(p.ix > T(-2) && p.ix < T(in_w + 1) && p.iy > T(-2) && p.iy < T(in_h + 1));
+  // & rather than &&: no branches, so that CPU loops over many points vectorise.
+  return !((p.ix > T(-2)) & (p.ix < T(in_w + 1)) & (p.iy > T(-2)) & (p.iy < T(in_h + 1)));
 }
 
 // floor() of a coordinate already known to be in a small range (not far outside, see above):
-// a cast and a compare, where std::floor is a library call on baseline x86-64.
-template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE int64_t floor_in_range(T x) {
-  const int64_t i = static_cast<int64_t>(x);
-  return i - (T(i) > x);
+// a cast and a compare, where std::floor is a library call on baseline x86-64. The CPU kernels
+// ask for 32-bit indices, which vectorise.
+template <typename Index = int64_t, typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE Index floor_in_range(T x) {
+  const Index i = static_cast<Index>(x);
+  return i - static_cast<Index>(T(i) > x);
 }
 
 // The 2x2 neighbourhood of a bilinear sample: top-left corner (x0, y0) and the weights of the
 // west/east columns and north/south rows. Corner weights are products, as in ATen. Only for
 // points that are not far outside.
-template <typename T>
+template <typename T, typename Index = int64_t>
 struct Bilinear {
-  int64_t x0, y0;
+  Index x0, y0;
   T west, east, north, south;
 
-  C10_HOST_DEVICE static Bilinear at(T ix, T iy) {
-    const int64_t x0 = floor_in_range(ix), y0 = floor_in_range(iy);
+  C10_HOST_DEVICE C10_ALWAYS_INLINE static Bilinear at(T ix, T iy) {
+    const Index x0 = floor_in_range<Index>(ix), y0 = floor_in_range<Index>(iy);
     const T fx = T(x0), fy = T(y0);
     return {x0, y0, fx + T(1) - ix, ix - fx, fy + T(1) - iy, iy - fy};
   }
-  C10_HOST_DEVICE T w00() const { return west * north; }
-  C10_HOST_DEVICE T w01() const { return east * north; }
-  C10_HOST_DEVICE T w10() const { return west * south; }
-  C10_HOST_DEVICE T w11() const { return east * south; }
+  C10_HOST_DEVICE C10_ALWAYS_INLINE T w00() const { return west * north; }
+  C10_HOST_DEVICE C10_ALWAYS_INLINE T w01() const { return east * north; }
+  C10_HOST_DEVICE C10_ALWAYS_INLINE T w10() const { return west * south; }
+  C10_HOST_DEVICE C10_ALWAYS_INLINE T w11() const { return east * south; }
 };
 
 // Nearest pixel of a point that is not far outside, rounding half to even as ATen's
 // std::nearbyint does (x - floor(x) is exact here, so the tie test is exact).
-template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE int64_t nearest_index(T coord) {
-  const int64_t f = floor_in_range(coord);
+template <typename Index = int64_t, typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE Index nearest_index(T coord) {
+  const Index f = floor_in_range<Index>(coord);
   const T frac = coord - T(f);
-  if (frac > T(0.5)) return f + 1;
-  if (frac < T(0.5)) return f;
-  return f + (f & 1);
+  const Index up = frac > T(0.5) || (frac == T(0.5) && (f & 1));
+  return f + up;
 }
 
-C10_HOST_DEVICE C10_ALWAYS_INLINE bool in_bounds(int64_t x, int64_t y, int64_t in_h, int64_t in_w) {
+template <typename Index>
+C10_HOST_DEVICE C10_ALWAYS_INLINE bool in_bounds(Index x, Index y, Index in_h, Index in_w) {
   return x >= 0 && x < in_w && y >= 0 && y < in_h;
 }
 
 // Gradient of a bilinear sample with respect to (ix, iy) given the four corner values.
-template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE void bilinear_coord_grad(const Bilinear<T>& b, T v00, T v01, T v10, T v11,
+template <typename T, typename Index>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void bilinear_coord_grad(const Bilinear<T, Index>& b, T v00, T v01, T v10, T v11,
                                                 T* d_ix, T* d_iy) {
   *d_ix = (v01 - v00) * b.north + (v11 - v10) * b.south;
   *d_iy = (v10 - v00) * b.west + (v11 - v01) * b.east;

@@ -1,5 +1,8 @@
-// CPU kernels of stn_ext::affine_grid_sample: parallel over output rows (forward) and over
-// (image, channel group) work units (backward), deterministic for any thread count.
+// CPU kernels of stn_ext::affine_grid_sample. Every output row is done in two phases: its
+// sample points are resolved into structure-of-arrays scratch (coordinates, taps, weights: loops
+// the compiler vectorises), then one pass per channel gathers (forward) or scatters and reduces
+// (backward) along the row. Parallel over output rows (forward) and over (image, channel group)
+// work units (backward), deterministic for any thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -7,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -25,44 +29,141 @@ struct Geometry {
         sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
 };
 
-// The input taps of one output pixel: the top-left tap (x0, y0), a bit per tap that lies inside
-// the image (taps outside read zero padding), and the tap weights. Tap k sits at
-// (x0 + k % 2, y0 + k / 2); a nearest sample uses tap 0 only.
+// The loops that resolve a row of sample points, one step each. Arrays are restrict
+// parameters: GCC vectorises loops over several arrays only when it knows they are disjoint.
+
+// Pixel coordinate along one axis, and its derivative, of the grid point grid_of(base_x[w]).
+template <SampleConfig cfg, typename T, typename GridOf>
+inline void source_coords(int64_t width, const T* __restrict base_x, GridOf grid_of, int64_t size,
+                          T* __restrict coord, T* __restrict d_coord) {
+  for (int64_t w = 0; w < width; ++w) coord[w] = source_index(grid_of(base_x[w]), size, cfg, &d_coord[w]);
+}
+
+// A point far outside (or not finite) moves to (-2, -2), where every tap is outside: the tap
+// loops then need no special case, and no coordinate overflows an index.
 template <typename T>
-struct PixelTaps {
-  int64_t x0, y0;
-  unsigned inside;
-  T weight[4];
+inline void move_far_points(int64_t width, int64_t in_h, int64_t in_w, T* __restrict ix,
+                            T* __restrict iy) {
+  for (int64_t w = 0; w < width; ++w) {
+    const bool far = is_far_outside(SourcePoint<T>{ix[w], iy[w], T(0), T(0)}, in_h, in_w);
+    ix[w] = far ? T(-2) : ix[w];
+    iy[w] = far ? T(-2) : iy[w];
+  }
+}
 
-  bool is_inside(int k) const { return (inside >> k) & 1u; }
-  int64_t origin(const Geometry& g) const { return y0 * g.sh + x0 * g.sw; }
-  static int64_t delta(int k, const Geometry& g) { return (k / 2) * g.sh + (k % 2) * g.sw; }
-};
+template <typename T>
+inline void nearest_taps(int64_t width, int32_t in_h, int32_t in_w, const T* __restrict ix,
+                         const T* __restrict iy, int32_t* __restrict x0, int32_t* __restrict y0,
+                         int32_t* __restrict inside) {
+  for (int64_t w = 0; w < width; ++w) {
+    x0[w] = nearest_index<int32_t>(ix[w]);
+    y0[w] = nearest_index<int32_t>(iy[w]);
+    inside[w] = in_bounds(x0[w], y0[w], in_h, in_w);
+  }
+}
 
-// Source taps of one output pixel in an input of geometry `in`; for bilinear samples the
-// neighbourhood, which the theta gradient needs, goes to *stencil.
-template <Interpolation kMode, typename T>
-inline PixelTaps<T> resolve_taps(const SourcePoint<T>& p, const Geometry& in,
-                                 Bilinear<T>* stencil) {
-  PixelTaps<T> taps{0, 0, 0u, {T(0), T(0), T(0), T(0)}};
-  if (is_far_outside(p, in.h, in.w)) return taps;
-  if constexpr (kMode == Interpolation::Nearest) {
-    taps.x0 = nearest_index(p.ix);
-    taps.y0 = nearest_index(p.iy);
-    taps.inside = in_bounds(taps.x0, taps.y0, in.h, in.w) ? 1u : 0u;
-    taps.weight[0] = T(1);
-  } else {
-    const Bilinear<T> b = Bilinear<T>::at(p.ix, p.iy);
-    *stencil = b;
-    taps.x0 = b.x0;
-    taps.y0 = b.y0;
-    const T weights[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
-    for (int k = 0; k < 4; ++k) {
-      taps.weight[k] = weights[k];
-      if (in_bounds(b.x0 + k % 2, b.y0 + k / 2, in.h, in.w)) taps.inside |= 1u << k;
+template <typename T>
+inline void bilinear_taps(int64_t width, int32_t in_h, int32_t in_w, const T* __restrict ix,
+                          const T* __restrict iy, int32_t* __restrict x0, int32_t* __restrict y0,
+                          int32_t* __restrict inside, T* __restrict west, T* __restrict east,
+                          T* __restrict north, T* __restrict south, T* __restrict w00,
+                          T* __restrict w01, T* __restrict w10, T* __restrict w11) {
+  for (int64_t w = 0; w < width; ++w) {
+    const Bilinear<T, int32_t> b = Bilinear<T, int32_t>::at(ix[w], iy[w]);
+    x0[w] = b.x0;
+    y0[w] = b.y0;
+    west[w] = b.west;
+    east[w] = b.east;
+    north[w] = b.north;
+    south[w] = b.south;
+    w00[w] = b.w00();
+    w01[w] = b.w01();
+    w10[w] = b.w10();
+    w11[w] = b.w11();
+    inside[w] = int32_t(in_bounds(b.x0, b.y0, in_h, in_w)) |
+                int32_t(in_bounds(b.x0 + 1, b.y0, in_h, in_w)) << 1 |
+                int32_t(in_bounds(b.x0, b.y0 + 1, in_h, in_w)) << 2 |
+                int32_t(in_bounds(b.x0 + 1, b.y0 + 1, in_h, in_w)) << 3;
+  }
+}
+
+// The sample points of one output row, resolved in structure-of-arrays form so that the
+// per-pixel coordinate and weight math runs as vectorised loops. Tap k of pixel w sits at
+// (x0 + k % 2, y0 + k / 2), bit k of inside[w] says whether it lies in the image (taps outside
+// read zero padding), weight[k][w] is its weight; a nearest sample uses tap 0 only.
+template <typename T>
+struct RowSamples {
+  explicit RowSamples(int64_t width)
+      : width(width), ix(width), iy(width), dix(width), diy(width), west(width), east(width),
+        north(width), south(width), x0(width), y0(width), inside(width), origin(width) {
+    for (auto& w : weight) w.resize(width);
+  }
+
+  // Resolves the row of base y-coordinate base_y (x-coordinates base_x) under the affine map a,
+  // for an input of geometry `in`; origin[w] is tap 0's offset in an input plane.
+  template <Interpolation kMode, Padding kPadding>
+  void resolve(const Affine<T>& a, const T* base_x, T base_y, const Geometry& in,
+               bool align_corners) {
+    // align_corners as a constant too: a branch inside the loops would keep them scalar.
+    if (align_corners) {
+      resolve<SampleConfig{kMode, kPadding, true}>(a, base_x, base_y, in);
+    } else {
+      resolve<SampleConfig{kMode, kPadding, false}>(a, base_x, base_y, in);
     }
   }
-  return taps;
+
+  template <SampleConfig cfg>
+  void resolve(const Affine<T>& a, const T* base_x, T base_y, const Geometry& in) {
+    // source_point() split by axis and step into simple loops, which vectorise.
+    source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_x(bx, base_y); }, in.w,
+                       ix.data(), dix.data());
+    source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_y(bx, base_y); }, in.h,
+                       iy.data(), diy.data());
+    move_far_points(width, in.h, in.w, ix.data(), iy.data());
+    const int32_t h = static_cast<int32_t>(in.h), w = static_cast<int32_t>(in.w);
+    if constexpr (cfg.mode == Interpolation::Nearest) {
+      nearest_taps(width, h, w, ix.data(), iy.data(), x0.data(), y0.data(), inside.data());
+    } else {
+      bilinear_taps(width, h, w, ix.data(), iy.data(), x0.data(), y0.data(), inside.data(),
+                    west.data(), east.data(), north.data(), south.data(), weight[0].data(),
+                    weight[1].data(), weight[2].data(), weight[3].data());
+    }
+    set_origins(in, origin.data());
+  }
+
+  // Offsets of tap 0 in a plane of geometry g (input and grad_input may differ in strides).
+  void set_origins(const Geometry& g, int64_t* out) const {
+    for (int64_t w = 0; w < width; ++w) out[w] = int64_t(y0[w]) * g.sh + int64_t(x0[w]) * g.sw;
+  }
+
+  Bilinear<T, int32_t> stencil(int64_t w) const {
+    return {x0[w], y0[w], west[w], east[w], north[w], south[w]};
+  }
+
+  int64_t width;
+  std::vector<T> ix, iy, dix, diy;
+  std::vector<T> west, east, north, south;
+  std::vector<T> weight[4];
+  std::vector<int32_t> x0, y0, inside;
+  std::vector<int64_t> origin;
+};
+
+constexpr int32_t kAllTaps = 0xF;
+
+// Plane offsets of the four taps relative to tap 0.
+struct TapDeltas {
+  int64_t d[4];
+  explicit TapDeltas(const Geometry& g) : d{0, g.sw, g.sh, g.sh + g.sw} {}
+};
+
+// Inputs up to this size index their pixels with int32 in the row loops (x0 + 1 and the far
+// outside bound W + 1 must fit).
+constexpr int64_t kMaxSpatialSize = std::numeric_limits<int32_t>::max() - 2;
+
+void check_spatial_size(const at::Tensor& input) {
+  TORCH_CHECK_VALUE(input.size(2) <= kMaxSpatialSize && input.size(3) <= kMaxSpatialSize,
+                    "stn_ext: the CPU kernels take input height and width up to ",
+                    kMaxSpatialSize, ", got input of sizes ", input.sizes());
 }
 
 template <typename T>
@@ -78,54 +179,54 @@ Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
                          theta.stride(2));
 }
 
+// One channel of one output row: a weighted gather of the taps of each pixel.
+template <int kTaps, typename T, typename scalar_t>
+inline void gather_row(const RowSamples<T>& r, const scalar_t* src, const TapDeltas& delta,
+                       scalar_t* dst, int64_t dst_stride) {
+  for (int64_t w = 0; w < r.width; ++w) {
+    const scalar_t* s = src + r.origin[w];
+    T acc;
+    if (kTaps == 1) {
+      acc = r.inside[w] ? T(s[0]) : T(0);
+    } else if (r.inside[w] == kAllTaps) {  // the common case: no tap in the padding
+      acc = r.weight[0][w] * T(s[0]) + r.weight[1][w] * T(s[delta.d[1]]) +
+            r.weight[2][w] * T(s[delta.d[2]]) + r.weight[3][w] * T(s[delta.d[3]]);
+    } else {
+      acc = T(0);
+      for (int k = 0; k < 4; ++k) {
+        if ((r.inside[w] >> k) & 1) acc += r.weight[k][w] * T(s[delta.d[k]]);
+      }
+    }
+    dst[w * dst_stride] = static_cast<scalar_t>(acc);
+  }
+}
+
 // Templated on mode and padding (see with_static_config) so the per-pixel math is branch-free.
-// Each task takes whole output rows: first the taps of every pixel of the row, then a pass per
-// channel that reads and writes along the row.
+// Each task takes whole output rows: first the row's sample points, then a pass per channel
+// that reads and writes along the row.
 template <Interpolation kMode, Padding kPadding, typename scalar_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& output,
                     bool align_corners) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kTaps = kMode == Interpolation::Bilinear ? 4 : 1;
-  const SampleConfig cfg{kMode, kPadding, align_corners};
   const Geometry in(input), out(output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
   const std::vector<T> base_x = base_coords<T>(out.w, align_corners);
-  int64_t delta[4];
-  for (int k = 0; k < 4; ++k) delta[k] = PixelTaps<T>::delta(k, in);
+  const TapDeltas delta(in);
   // Enough rows per task to amortise scheduling on small images.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out.w * out.c));
 
   at::parallel_for(0, out.n * out.h, grain, [&](int64_t begin, int64_t end) {
-    std::vector<PixelTaps<T>> taps(out.w);
-    std::vector<int64_t> origin(out.w);
-    Bilinear<T> unused;
+    RowSamples<T> row(out.w);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / out.h, h = r % out.h;
-      const Affine<T> a = affine_of<T, scalar_t>(theta, n);
-      const T base_y = base_coord<T>(h, out.h, align_corners);
-      for (int64_t w = 0; w < out.w; ++w) {
-        taps[w] = resolve_taps<kMode>(source_point(a, base_x[w], base_y, in.h, in.w, cfg), in,
-                                      &unused);
-        origin[w] = taps[w].origin(in);
-      }
+      row.template resolve<kMode, kPadding>(affine_of<T, scalar_t>(theta, n), base_x.data(),
+                                            base_coord<T>(h, out.h, align_corners), in,
+                                            align_corners);
       for (int64_t c = 0; c < out.c; ++c) {
-        const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
-        scalar_t* dst = out_ptr + n * out.sn + c * out.sc + h * out.sh;
-        for (int64_t w = 0; w < out.w; ++w) {
-          const PixelTaps<T>& t = taps[w];
-          const scalar_t* s = src + origin[w];
-          T acc = T(0);
-          if (kTaps == 4 && t.inside == 0xFu) {  // the common case: no tap in the padding
-            acc = t.weight[0] * T(s[0]) + t.weight[1] * T(s[delta[1]]) +
-                  t.weight[2] * T(s[delta[2]]) + t.weight[3] * T(s[delta[3]]);
-          } else {
-            for (int k = 0; k < kTaps; ++k) {
-              if (t.is_inside(k)) acc += t.weight[k] * T(s[delta[k]]);
-            }
-          }
-          dst[w * out.sw] = static_cast<scalar_t>(acc);
-        }
+        gather_row<kTaps>(row, in_ptr + n * in.sn + c * in.sc, delta,
+                          out_ptr + n * out.sn + c * out.sc + h * out.sh, out.sw);
       }
     }
   });
@@ -139,42 +240,42 @@ int64_t channel_groups(int64_t batch, int64_t channels) {
   return batch >= kMinUnits ? 1 : std::max<int64_t>(1, std::min(channels, kMinUnits));
 }
 
-// One channel's share of the backward pass along one output row: scatters the bilinear weights
+// One channel's share of the backward pass along one output row: scatters the tap weights
 // times grad_output into grad_input and adds the channel's d(loss)/d(ix, iy) to g_ix, g_iy.
 // Templated on which gradients are wanted so the per-pixel loop has no loop-invariant branches.
 template <bool kGradInput, bool kGradTheta, int kTaps, typename T, typename scalar_t,
           typename grad_in_t>
-inline void backward_channel_row(int64_t width, const PixelTaps<T>* taps,
-                                 const int64_t* in_origin, const int64_t* gin_origin,
-                                 const Bilinear<T>* stencil, const scalar_t* go,
-                                 int64_t go_stride, const scalar_t* src, grad_in_t* dst,
-                                 const int64_t* in_delta, const int64_t* gin_delta, T* g_ix,
-                                 T* g_iy) {
-  for (int64_t w = 0; w < width; ++w) {
-    const PixelTaps<T>& t = taps[w];
-    if (t.inside == 0u) continue;
+inline void backward_channel_row(const RowSamples<T>& r, const int64_t* gin_origin,
+                                 const scalar_t* go, int64_t go_stride, const scalar_t* src,
+                                 grad_in_t* dst, const TapDeltas& in_delta,
+                                 const TapDeltas& gin_delta, T* g_ix, T* g_iy) {
+  for (int64_t w = 0; w < r.width; ++w) {
+    const int32_t inside = r.inside[w];
+    if (inside == 0) continue;
     const T g = T(go[w * go_stride]);
-    const bool all_inside = kTaps == 4 && t.inside == 0xFu;  // the common case
+    const bool all_inside = kTaps == 4 && inside == kAllTaps;  // the common case
     if constexpr (kGradInput) {
       grad_in_t* d = dst + gin_origin[w];
-      if (all_inside) {
-        for (int k = 0; k < 4; ++k) d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
+      if (kTaps == 1) {
+        d[0] += static_cast<grad_in_t>(g);
+      } else if (all_inside) {
+        for (int k = 0; k < 4; ++k) d[gin_delta.d[k]] += static_cast<grad_in_t>(r.weight[k][w] * g);
       } else {
-        for (int k = 0; k < kTaps; ++k) {
-          if (t.is_inside(k)) d[gin_delta[k]] += static_cast<grad_in_t>(t.weight[k] * g);
+        for (int k = 0; k < 4; ++k) {
+          if ((inside >> k) & 1) d[gin_delta.d[k]] += static_cast<grad_in_t>(r.weight[k][w] * g);
         }
       }
     }
     if constexpr (kGradTheta) {
-      const scalar_t* s = src + in_origin[w];
+      const scalar_t* s = src + r.origin[w];
       T v[4];
       if (all_inside) {
-        for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta[k]]);
+        for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta.d[k]]);
       } else {
-        for (int k = 0; k < 4; ++k) v[k] = t.is_inside(k) ? T(s[in_delta[k]]) : T(0);
+        for (int k = 0; k < 4; ++k) v[k] = (inside >> k) & 1 ? T(s[in_delta.d[k]]) : T(0);
       }
       T d_ix, d_iy;
-      bilinear_coord_grad(stencil[w], v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+      bilinear_coord_grad(r.stencil(w), v[0], v[1], v[2], v[3], &d_ix, &d_iy);
       g_ix[w] += g * d_ix;
       g_iy[w] += g * d_iy;
     }
@@ -190,26 +291,19 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
                      const Geometry& gin, double* theta_partials, int64_t groups) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kTaps = kMode == Interpolation::Bilinear ? 4 : 1;
-  const SampleConfig cfg{kMode, kPadding, align_corners};
   const Geometry in(input), gout(grad_output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* gout_ptr = grad_output.const_data_ptr<scalar_t>();
   const std::vector<T> base_x = base_coords<T>(gout.w, align_corners);
   const int64_t group_size = (in.c + groups - 1) / groups;
-  int64_t in_delta[4], gin_delta[4];
-  for (int k = 0; k < 4; ++k) {
-    in_delta[k] = PixelTaps<T>::delta(k, in);
-    gin_delta[k] = PixelTaps<T>::delta(k, gin);
-  }
+  const TapDeltas in_delta(in), gin_delta(gin);
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
-    // Per pixel of the current row: taps, their offsets in input and grad_input planes, the
-    // bilinear neighbourhood, d(pixel)/d(grid), and the coordinate gradient summed over the
-    // unit's channels.
-    std::vector<PixelTaps<T>> taps(gout.w);
-    std::vector<int64_t> in_origin(gout.w), gin_origin(gout.w);
-    std::vector<Bilinear<T>> stencil(gout.w);
-    std::vector<T> dix(gout.w), diy(gout.w), g_ix(gout.w), g_iy(gout.w);
+    // Per pixel of the current row: its samples, tap 0's offset in grad_input planes, and the
+    // coordinate gradient summed over the unit's channels.
+    RowSamples<T> row(gout.w);
+    std::vector<int64_t> gin_origin(gout.w);
+    std::vector<T> g_ix(gout.w), g_iy(gout.w);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / groups;
       const int64_t c_begin = (unit % groups) * group_size;
@@ -218,26 +312,20 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       ThetaGrad<double> tg{};
       for (int64_t h = 0; h < gout.h; ++h) {
         const T base_y = base_coord<T>(h, gout.h, align_corners);
-        for (int64_t w = 0; w < gout.w; ++w) {
-          const SourcePoint<T> p = source_point(a, base_x[w], base_y, in.h, in.w, cfg);
-          taps[w] = resolve_taps<kMode>(p, in, &stencil[w]);
-          in_origin[w] = taps[w].origin(in);
-          gin_origin[w] = taps[w].origin(gin);
-          dix[w] = p.dix;
-          diy[w] = p.diy;
-          g_ix[w] = g_iy[w] = T(0);
-        }
+        row.template resolve<kMode, kPadding>(a, base_x.data(), base_y, in, align_corners);
+        if constexpr (kGradInput) row.set_origins(gin, gin_origin.data());
+        std::fill(g_ix.begin(), g_ix.end(), T(0));
+        std::fill(g_iy.begin(), g_iy.end(), T(0));
         for (int64_t c = c_begin; c < c_end; ++c) {
           backward_channel_row<kGradInput, kGradTheta, kTaps>(
-              gout.w, taps.data(), in_origin.data(), gin_origin.data(), stencil.data(),
-              gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sw,
-              in_ptr + n * in.sn + c * in.sc,
+              row, gin_origin.data(), gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh,
+              gout.sw, in_ptr + n * in.sn + c * in.sc,
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, in_delta, gin_delta,
               g_ix.data(), g_iy.data());
         }
         if constexpr (kGradTheta) {
           for (int64_t w = 0; w < gout.w; ++w) {
-            tg.add(double(g_ix[w] * dix[w]), double(g_iy[w] * diy[w]), double(base_x[w]),
+            tg.add(double(g_ix[w] * row.dix[w]), double(g_iy[w] * row.diy[w]), double(base_x[w]),
                    double(base_y));
           }
         }
@@ -251,6 +339,7 @@ at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& the
                                   int64_t out_w, c10::string_view mode,
                                   c10::string_view padding_mode, bool align_corners) {
   check_sample_args(input, theta, out_h, out_w);
+  check_spatial_size(input);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
   at::Tensor output = at::empty({input.size(0), input.size(1), out_h, out_w},
                                 input.options().memory_format(output_memory_format(input)));
@@ -270,6 +359,7 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
     c10::string_view mode, c10::string_view padding_mode, bool align_corners,
     std::array<bool, 2> output_mask) {
   check_backward_args(grad_output, input, theta);
+  check_spatial_size(input);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
 
   // Accumulated in the opmath type (float for half and bfloat16), cast back at the end.

@@ -66,7 +66,7 @@ __device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const 
   if (is_far_outside(p, g.h, g.w)) return t;
   if (cfg.mode == Interpolation::Nearest) {
     const int64_t x = nearest_index(p.ix), y = nearest_index(p.iy);
-    t.valid[0] = in_bounds(x, y, g.h, g.w);
+    t.valid[0] = in_bounds<int64_t>(x, y, g.h, g.w);
     t.offset[0] = t.valid[0] ? static_cast<index_t>(y * g.sh + x * g.sw) : 0;
     t.weight[0] = T(1);
     return t;
@@ -77,7 +77,7 @@ __device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const 
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     const int64_t x = b.x0 + k % 2, y = b.y0 + k / 2;
-    t.valid[k] = in_bounds(x, y, g.h, g.w);
+    t.valid[k] = in_bounds<int64_t>(x, y, g.h, g.w);
     t.offset[k] = t.valid[k] ? static_cast<index_t>(y * g.sh + x * g.sw) : 0;
     t.weight[k] = ws[k];
   }
