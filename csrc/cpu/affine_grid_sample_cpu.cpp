@@ -179,31 +179,46 @@ Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
                          theta.stride(2));
 }
 
-// One channel of one output row: a weighted gather of the taps of each pixel.
+// One output row of all channels: a weighted gather of each pixel's taps, pixel by pixel with
+// the channels innermost (the taps and weights are loaded once for all of them).
 template <int kTaps, typename T, typename scalar_t>
-inline void gather_row(const RowSamples<T>& r, const scalar_t* src, const TapDeltas& delta,
-                       scalar_t* dst, int64_t dst_stride) {
+void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __restrict src,
+                int64_t src_sc, const TapDeltas& delta, scalar_t* __restrict dst, int64_t dst_sc,
+                int64_t dst_sw) {
   for (int64_t w = 0; w < r.width; ++w) {
     const scalar_t* s = src + r.origin[w];
-    T acc;
+    scalar_t* d = dst + w * dst_sw;
+    const int32_t inside = r.inside[w];
     if (kTaps == 1) {
-      acc = r.inside[w] ? T(s[0]) : T(0);
-    } else if (r.inside[w] == kAllTaps) {  // the common case: no tap in the padding
-      acc = r.weight[0][w] * T(s[0]) + r.weight[1][w] * T(s[delta.d[1]]) +
-            r.weight[2][w] * T(s[delta.d[2]]) + r.weight[3][w] * T(s[delta.d[3]]);
+      for (int64_t c = 0; c < channels; ++c) {
+        d[c * dst_sc] = inside ? s[c * src_sc] : scalar_t(0);
+      }
+      continue;
+    }
+    const T w00 = r.weight[0][w], w01 = r.weight[1][w], w10 = r.weight[2][w],
+            w11 = r.weight[3][w];
+    if (inside == kAllTaps) {  // the common case: no tap in the padding
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t* sc = s + c * src_sc;
+        d[c * dst_sc] = static_cast<scalar_t>(w00 * T(sc[0]) + w01 * T(sc[delta.d[1]]) +
+                                              w10 * T(sc[delta.d[2]]) + w11 * T(sc[delta.d[3]]));
+      }
     } else {
-      acc = T(0);
-      for (int k = 0; k < 4; ++k) {
-        if ((r.inside[w] >> k) & 1) acc += r.weight[k][w] * T(s[delta.d[k]]);
+      const T weight[4] = {w00, w01, w10, w11};
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t* sc = s + c * src_sc;
+        T acc = T(0);
+        for (int k = 0; k < 4; ++k) {
+          if ((inside >> k) & 1) acc += weight[k] * T(sc[delta.d[k]]);
+        }
+        d[c * dst_sc] = static_cast<scalar_t>(acc);
       }
     }
-    dst[w * dst_stride] = static_cast<scalar_t>(acc);
   }
 }
 
 // Templated on mode and padding (see with_static_config) so the per-pixel math is branch-free.
-// Each task takes whole output rows: first the row's sample points, then a pass per channel
-// that reads and writes along the row.
+// Each task takes whole output rows: first the row's sample points, then the gather.
 template <Interpolation kMode, Padding kPadding, typename scalar_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& output,
                     bool align_corners) {
@@ -224,10 +239,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
       row.template resolve<kMode, kPadding>(affine_of<T, scalar_t>(theta, n), base_x.data(),
                                             base_coord<T>(h, out.h, align_corners), in,
                                             align_corners);
-      for (int64_t c = 0; c < out.c; ++c) {
-        gather_row<kTaps>(row, in_ptr + n * in.sn + c * in.sc, delta,
-                          out_ptr + n * out.sn + c * out.sc + h * out.sh, out.sw);
-      }
+      gather_row<kTaps>(row, out.c, in_ptr + n * in.sn, in.sc, delta,
+                        out_ptr + n * out.sn + h * out.sh, out.sc, out.sw);
     }
   });
 }
@@ -240,46 +253,74 @@ int64_t channel_groups(int64_t batch, int64_t channels) {
   return batch >= kMinUnits ? 1 : std::max<int64_t>(1, std::min(channels, kMinUnits));
 }
 
-// One channel's share of the backward pass along one output row: scatters the tap weights
-// times grad_output into grad_input and adds the channel's d(loss)/d(ix, iy) to g_ix, g_iy.
-// Templated on which gradients are wanted so the per-pixel loop has no loop-invariant branches.
+// Where one backward work unit reads and writes: its channels' planes of input, grad_output and
+// grad_input, with their channel strides.
+template <typename scalar_t, typename grad_in_t>
+struct UnitPlanes {
+  int64_t channels;
+  const scalar_t* input;
+  int64_t input_sc;
+  const scalar_t* grad_output_row;  // the current output row of the first channel
+  int64_t grad_output_sc, grad_output_sw;
+  grad_in_t* grad_input;
+  int64_t grad_input_sc;
+};
+
+// The backward pass along one output row, pixel by pixel with the unit's channels innermost
+// (their coordinate gradients are summed in registers): scatters the tap weights times
+// grad_output into grad_input, and adds the pixel's theta gradient to tg. Templated on which
+// gradients are wanted so the loops have no loop-invariant branches.
 template <bool kGradInput, bool kGradTheta, int kTaps, typename T, typename scalar_t,
           typename grad_in_t>
-inline void backward_channel_row(const RowSamples<T>& r, const int64_t* gin_origin,
-                                 const scalar_t* go, int64_t go_stride, const scalar_t* src,
-                                 grad_in_t* dst, const TapDeltas& in_delta,
-                                 const TapDeltas& gin_delta, T* g_ix, T* g_iy) {
+void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>& planes,
+                  const int64_t* __restrict gin_origin, const TapDeltas& in_delta,
+                  const TapDeltas& gin_delta, const T* __restrict base_x, T base_y,
+                  ThetaGrad<double>* tg) {
+  const int64_t channels = planes.channels;
+  // The row's share in registers: summing into *tg pixel by pixel would chain every pixel's
+  // additions through memory.
+  ThetaGrad<double> row_tg{};
   for (int64_t w = 0; w < r.width; ++w) {
     const int32_t inside = r.inside[w];
     if (inside == 0) continue;
-    const T g = T(go[w * go_stride]);
     const bool all_inside = kTaps == 4 && inside == kAllTaps;  // the common case
-    if constexpr (kGradInput) {
-      grad_in_t* d = dst + gin_origin[w];
-      if (kTaps == 1) {
-        d[0] += static_cast<grad_in_t>(g);
-      } else if (all_inside) {
-        for (int k = 0; k < 4; ++k) d[gin_delta.d[k]] += static_cast<grad_in_t>(r.weight[k][w] * g);
-      } else {
-        for (int k = 0; k < 4; ++k) {
-          if ((inside >> k) & 1) d[gin_delta.d[k]] += static_cast<grad_in_t>(r.weight[k][w] * g);
+    const T weight[4] = {r.weight[0][w], r.weight[1][w], r.weight[2][w], r.weight[3][w]};
+    const scalar_t* go = planes.grad_output_row + w * planes.grad_output_sw;
+    T g_ix = T(0), g_iy = T(0);  // d(loss)/d(ix, iy), summed over the channels
+    for (int64_t c = 0; c < channels; ++c) {
+      const T g = T(go[c * planes.grad_output_sc]);
+      if constexpr (kGradInput) {
+        grad_in_t* d = planes.grad_input + c * planes.grad_input_sc + gin_origin[w];
+        if (kTaps == 1) {
+          d[0] += static_cast<grad_in_t>(g);
+        } else if (all_inside) {
+          for (int k = 0; k < 4; ++k) d[gin_delta.d[k]] += static_cast<grad_in_t>(weight[k] * g);
+        } else {
+          for (int k = 0; k < 4; ++k) {
+            if ((inside >> k) & 1) d[gin_delta.d[k]] += static_cast<grad_in_t>(weight[k] * g);
+          }
         }
+      }
+      if constexpr (kGradTheta) {
+        const scalar_t* s = planes.input + c * planes.input_sc + r.origin[w];
+        T v[4];
+        if (all_inside) {
+          for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta.d[k]]);
+        } else {
+          for (int k = 0; k < 4; ++k) v[k] = (inside >> k) & 1 ? T(s[in_delta.d[k]]) : T(0);
+        }
+        T d_ix, d_iy;
+        bilinear_coord_grad(r.stencil(w), v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+        g_ix += g * d_ix;
+        g_iy += g * d_iy;
       }
     }
     if constexpr (kGradTheta) {
-      const scalar_t* s = src + r.origin[w];
-      T v[4];
-      if (all_inside) {
-        for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta.d[k]]);
-      } else {
-        for (int k = 0; k < 4; ++k) v[k] = (inside >> k) & 1 ? T(s[in_delta.d[k]]) : T(0);
-      }
-      T d_ix, d_iy;
-      bilinear_coord_grad(r.stencil(w), v[0], v[1], v[2], v[3], &d_ix, &d_iy);
-      g_ix[w] += g * d_ix;
-      g_iy[w] += g * d_iy;
+      row_tg.add(double(g_ix * r.dix[w]), double(g_iy * r.diy[w]), double(base_x[w]),
+                 double(base_y));
     }
   }
+  for (int k = 0; k < 6; ++k) tg->g[k] += row_tg.g[k];
 }
 
 // grad_in_t is the opmath type: float for float and reduced-precision inputs (accumulating in
@@ -299,36 +340,24 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
   const TapDeltas in_delta(in), gin_delta(gin);
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
-    // Per pixel of the current row: its samples, tap 0's offset in grad_input planes, and the
-    // coordinate gradient summed over the unit's channels.
     RowSamples<T> row(gout.w);
-    std::vector<int64_t> gin_origin(gout.w);
-    std::vector<T> g_ix(gout.w), g_iy(gout.w);
+    std::vector<int64_t> gin_origin(kGradInput ? gout.w : 0);  // tap 0 in grad_input planes
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / groups;
       const int64_t c_begin = (unit % groups) * group_size;
       const int64_t c_end = std::min(in.c, c_begin + group_size);
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
       ThetaGrad<double> tg{};
+      UnitPlanes<scalar_t, grad_in_t> planes{
+          c_end - c_begin, in_ptr + n * in.sn + c_begin * in.sc, in.sc, nullptr, gout.sc, gout.sw,
+          kGradInput ? grad_in_ptr + n * gin.sn + c_begin * gin.sc : nullptr, gin.sc};
       for (int64_t h = 0; h < gout.h; ++h) {
         const T base_y = base_coord<T>(h, gout.h, align_corners);
         row.template resolve<kMode, kPadding>(a, base_x.data(), base_y, in, align_corners);
         if constexpr (kGradInput) row.set_origins(gin, gin_origin.data());
-        std::fill(g_ix.begin(), g_ix.end(), T(0));
-        std::fill(g_iy.begin(), g_iy.end(), T(0));
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          backward_channel_row<kGradInput, kGradTheta, kTaps>(
-              row, gin_origin.data(), gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh,
-              gout.sw, in_ptr + n * in.sn + c * in.sc,
-              kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, in_delta, gin_delta,
-              g_ix.data(), g_iy.data());
-        }
-        if constexpr (kGradTheta) {
-          for (int64_t w = 0; w < gout.w; ++w) {
-            tg.add(double(g_ix[w] * row.dix[w]), double(g_iy[w] * row.diy[w]), double(base_x[w]),
-                   double(base_y));
-          }
-        }
+        planes.grad_output_row = gout_ptr + n * gout.sn + c_begin * gout.sc + h * gout.sh;
+        backward_row<kGradInput, kGradTheta, kTaps>(row, planes, gin_origin.data(), in_delta,
+                                                    gin_delta, base_x.data(), base_y, &tg);
       }
       if (theta_partials != nullptr) std::copy(tg.g, tg.g + 6, theta_partials + unit * 6);
     }
