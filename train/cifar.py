@@ -20,19 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-# Idle OpenMP workers sleep instead of spinning: on a CPU shared with other jobs, spinning
-# workers wait whole scheduler slices for each other (2-thread steps ran up to 9x slower here).
-# Read when torch loads its OpenMP runtime, so it must be set before the import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from stn_ext.nn import SpatialTransformer  # noqa: E402
-from cifar_data import (MEAN, STD, DatasetError, Split, atomic_write,  # noqa: E402
+from stn_ext.nn import SpatialTransformer
+from cifar_data import (MEAN, STD, DatasetError, Split, atomic_write,
                         flip_first_half, load_cifar10, normalize)
 
 
