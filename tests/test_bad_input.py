@@ -209,3 +209,16 @@ RAW_BACKWARD_CASES = {
 def test_raw_backward_op_rejects(make, exc, match):
     with pytest.raises(exc, match=match):
         BACKWARD(*make())
+
+
+@pytest.mark.parametrize("size", [(1, 1, 1, 2**31), (1, 1, 2**31, 1)], ids=["wide", "tall"])
+def test_cpu_kernels_refuse_spatial_sizes_past_int32(size):
+    """The CPU kernels index pixels with int32 in their row loops: an input wider or taller than
+    that gets a clear error (an expanded tensor: the size without the memory), forward and
+    backward, never a wrapped index."""
+    x = torch.zeros(1, 1, 1, 1).expand(*size)
+    theta = _theta(1)
+    with pytest.raises(ValueError, match=r"CPU kernels take input height and width up to"):
+        OP(x, theta, 2, 2, "bilinear", "zeros", False)
+    with pytest.raises(ValueError, match=r"CPU kernels take input height and width up to"):
+        BACKWARD(torch.zeros(1, 1, 2, 2), x, theta, "bilinear", "zeros", False, [True, True])
