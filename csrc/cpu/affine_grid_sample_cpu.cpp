@@ -150,10 +150,12 @@ struct RowSamples {
 
 constexpr int32_t kAllTaps = 0xF;
 
-// Plane offsets of the four taps relative to tap 0.
+// Plane offset of tap k relative to tap 0 (k % 2 columns and k / 2 rows on), from two strides:
+// passed by value, so the loops keep them in registers.
 struct TapDeltas {
-  int64_t d[4];
-  explicit TapDeltas(const Geometry& g) : d{0, g.sw, g.sh, g.sh + g.sw} {}
+  int64_t sh, sw;
+  explicit TapDeltas(const Geometry& g) : sh(g.sh), sw(g.sw) {}
+  int64_t operator[](int k) const { return (k / 2) * sh + (k % 2) * sw; }
 };
 
 // Inputs up to this size index their pixels with int32 in the row loops (x0 + 1 and the far
@@ -183,7 +185,7 @@ Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
 // the channels innermost (the taps and weights are loaded once for all of them).
 template <int kTaps, typename T, typename scalar_t>
 void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __restrict src,
-                int64_t src_sc, const TapDeltas& delta, scalar_t* __restrict dst, int64_t dst_sc,
+                int64_t src_sc, TapDeltas delta, scalar_t* __restrict dst, int64_t dst_sc,
                 int64_t dst_sw) {
   for (int64_t w = 0; w < r.width; ++w) {
     const scalar_t* s = src + r.origin[w];
@@ -200,8 +202,8 @@ void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __rest
     if (inside == kAllTaps) {  // the common case: no tap in the padding
       for (int64_t c = 0; c < channels; ++c) {
         const scalar_t* sc = s + c * src_sc;
-        d[c * dst_sc] = static_cast<scalar_t>(w00 * T(sc[0]) + w01 * T(sc[delta.d[1]]) +
-                                              w10 * T(sc[delta.d[2]]) + w11 * T(sc[delta.d[3]]));
+        d[c * dst_sc] = static_cast<scalar_t>(w00 * T(sc[0]) + w01 * T(sc[delta[1]]) +
+                                              w10 * T(sc[delta[2]]) + w11 * T(sc[delta[3]]));
       }
     } else {
       const T weight[4] = {w00, w01, w10, w11};
@@ -209,7 +211,7 @@ void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __rest
         const scalar_t* sc = s + c * src_sc;
         T acc = T(0);
         for (int k = 0; k < 4; ++k) {
-          if ((inside >> k) & 1) acc += weight[k] * T(sc[delta.d[k]]);
+          if ((inside >> k) & 1) acc += weight[k] * T(sc[delta[k]]);
         }
         d[c * dst_sc] = static_cast<scalar_t>(acc);
       }
@@ -273,8 +275,8 @@ struct UnitPlanes {
 template <bool kGradInput, bool kGradTheta, int kTaps, typename T, typename scalar_t,
           typename grad_in_t>
 void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>& planes,
-                  const int64_t* __restrict gin_origin, const TapDeltas& in_delta,
-                  const TapDeltas& gin_delta, const T* __restrict base_x, T base_y,
+                  const int64_t* __restrict gin_origin, TapDeltas in_delta,
+                  TapDeltas gin_delta, const T* __restrict base_x, T base_y,
                   ThetaGrad<double>* tg) {
   const int64_t channels = planes.channels;
   // The row's share in registers: summing into *tg pixel by pixel would chain every pixel's
@@ -285,32 +287,35 @@ void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>&
     if (inside == 0) continue;
     const bool all_inside = kTaps == 4 && inside == kAllTaps;  // the common case
     const T weight[4] = {r.weight[0][w], r.weight[1][w], r.weight[2][w], r.weight[3][w]};
+    const Bilinear<T, int32_t> stencil = r.stencil(w);
+    // Walked channel by channel: pointer bumps keep the loop's registers free.
     const scalar_t* go = planes.grad_output_row + w * planes.grad_output_sw;
+    const scalar_t* s = planes.input + r.origin[w];
+    grad_in_t* d = kGradInput ? planes.grad_input + gin_origin[w] : nullptr;
     T g_ix = T(0), g_iy = T(0);  // d(loss)/d(ix, iy), summed over the channels
-    for (int64_t c = 0; c < channels; ++c) {
-      const T g = T(go[c * planes.grad_output_sc]);
+    for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
+                 s += planes.input_sc, d += kGradInput ? planes.grad_input_sc : 0) {
+      const T g = T(*go);
       if constexpr (kGradInput) {
-        grad_in_t* d = planes.grad_input + c * planes.grad_input_sc + gin_origin[w];
         if (kTaps == 1) {
           d[0] += static_cast<grad_in_t>(g);
         } else if (all_inside) {
-          for (int k = 0; k < 4; ++k) d[gin_delta.d[k]] += static_cast<grad_in_t>(weight[k] * g);
+          for (int k = 0; k < 4; ++k) d[gin_delta[k]] += static_cast<grad_in_t>(weight[k] * g);
         } else {
           for (int k = 0; k < 4; ++k) {
-            if ((inside >> k) & 1) d[gin_delta.d[k]] += static_cast<grad_in_t>(weight[k] * g);
+            if ((inside >> k) & 1) d[gin_delta[k]] += static_cast<grad_in_t>(weight[k] * g);
           }
         }
       }
       if constexpr (kGradTheta) {
-        const scalar_t* s = planes.input + c * planes.input_sc + r.origin[w];
         T v[4];
         if (all_inside) {
-          for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta.d[k]]);
+          for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta[k]]);
         } else {
-          for (int k = 0; k < 4; ++k) v[k] = (inside >> k) & 1 ? T(s[in_delta.d[k]]) : T(0);
+          for (int k = 0; k < 4; ++k) v[k] = (inside >> k) & 1 ? T(s[in_delta[k]]) : T(0);
         }
         T d_ix, d_iy;
-        bilinear_coord_grad(r.stencil(w), v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+        bilinear_coord_grad(stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
         g_ix += g * d_ix;
         g_iy += g * d_iy;
       }
