@@ -328,6 +328,23 @@ void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>&
   for (int k = 0; k < 6; ++k) tg->g[k] += row_tg.g[k];
 }
 
+// Zeroes channels [c_begin, c_end) of one image of grad_input before the unit accumulates
+// into them: in parallel, and into the cache the scatter then uses (a separate zero fill would
+// be one more serial pass over memory).
+template <typename grad_in_t>
+void zero_channels(grad_in_t* image, const Geometry& g, int64_t c_begin, int64_t c_end) {
+  if (g.sw == 1 && g.sh == g.w && g.sc == g.h * g.w) {  // NCHW: the planes are one block
+    std::fill(image + c_begin * g.sc, image + c_end * g.sc, grad_in_t(0));
+    return;
+  }
+  for (int64_t h = 0; h < g.h; ++h) {
+    for (int64_t w = 0; w < g.w; ++w) {
+      grad_in_t* pixel = image + h * g.sh + w * g.sw;
+      for (int64_t c = c_begin; c < c_end; ++c) pixel[c * g.sc] = grad_in_t(0);
+    }
+  }
+}
+
 // grad_in_t is the opmath type: float for float and reduced-precision inputs (accumulating in
 // half would lose gradient mass; the caller casts back), double for double.
 template <Interpolation kMode, Padding kPadding, bool kGradInput, bool kGradTheta,
@@ -352,6 +369,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       const int64_t c_begin = (unit % groups) * group_size;
       const int64_t c_end = std::min(in.c, c_begin + group_size);
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+      if constexpr (kGradInput) zero_channels(grad_in_ptr + n * gin.sn, gin, c_begin, c_end);
       ThetaGrad<double> tg{};
       UnitPlanes<scalar_t, grad_in_t> planes{
           c_end - c_begin, in_ptr + n * in.sn + c_begin * in.sc, in.sc, nullptr, gout.sc, gout.sw,
@@ -396,15 +414,18 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
   check_spatial_size(input);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
 
-  // Accumulated in the opmath type (float for half and bfloat16), cast back at the end.
+  // Accumulated in the opmath type (float for half and bfloat16), cast back at the end; the
+  // kernel zeroes it unit by unit.
   at::Tensor grad_input_acc = output_mask[0]
-      ? at::zeros_like(input, input.options().dtype(at::toOpMathType(input.scalar_type())),
+      ? at::empty_like(input, input.options().dtype(at::toOpMathType(input.scalar_type())),
                        output_memory_format(input))
       : at::empty({0}, input.options());
   const int64_t groups = channel_groups(input.size(0), input.size(1));
   std::vector<double> partials(output_mask[1] ? input.size(0) * groups * 6 : 0, 0.0);
 
-  if (grad_output.numel() > 0 && input.size(1) > 0) {
+  if (grad_output.numel() == 0 || input.size(1) == 0) {
+    grad_input_acc.zero_();  // nothing samples the input: its gradient is zero
+  } else {
     const Geometry gin = output_mask[0] ? Geometry(grad_input_acc) : Geometry(input);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cpu", [&] {
