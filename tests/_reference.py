@@ -209,4 +209,5 @@ SHAPES = {
     "out-H1": ((2, 3, 6, 7), (1, 5)),
     "out-W1": ((2, 3, 6, 7), (4, 1)),
     "out-1x1": ((2, 3, 6, 7), (1, 1)),
+    "channels6": ((2, 6, 5, 7), (6, 5)),  # more channels than the CPU kernels' channel block
 }

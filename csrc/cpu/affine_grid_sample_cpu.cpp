@@ -181,8 +181,18 @@ Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
                          theta.stride(2));
 }
 
-// One output row of all channels: a weighted gather of each pixel's taps, pixel by pixel with
-// the channels innermost (the taps and weights are loaded once for all of them).
+// Channels are taken in blocks of this many: each pixel's taps and weights are loaded once per
+// block, and a block's planes are few enough to stay in cache together (all channels at once
+// would sweep 2 rows of every plane per pixel). A channels_last input keeps a pixel's channels
+// side by side: it takes them all at once.
+constexpr int64_t kChannelBlock = 4;
+
+int64_t channel_block(const Geometry& g) {
+  return g.sc < g.sw ? std::max<int64_t>(g.c, 1) : kChannelBlock;
+}
+
+// One output row of a block of channels: a weighted gather of each pixel's taps, pixel by
+// pixel with the channels innermost.
 template <int kTaps, typename T, typename scalar_t>
 void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __restrict src,
                 int64_t src_sc, TapDeltas delta, scalar_t* __restrict dst, int64_t dst_sc,
@@ -231,6 +241,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
   scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
   const std::vector<T> base_x = base_coords<T>(out.w, align_corners);
   const TapDeltas delta(in);
+  const int64_t block = channel_block(in);
   // Enough rows per task to amortise scheduling on small images.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out.w * out.c));
 
@@ -241,8 +252,10 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
       row.template resolve<kMode, kPadding>(affine_of<T, scalar_t>(theta, n), base_x.data(),
                                             base_coord<T>(h, out.h, align_corners), in,
                                             align_corners);
-      gather_row<kTaps>(row, out.c, in_ptr + n * in.sn, in.sc, delta,
-                        out_ptr + n * out.sn + h * out.sh, out.sc, out.sw);
+      for (int64_t c = 0; c < out.c; c += block) {
+        gather_row<kTaps>(row, std::min(block, out.c - c), in_ptr + n * in.sn + c * in.sc, in.sc,
+                          delta, out_ptr + n * out.sn + c * out.sc + h * out.sh, out.sc, out.sw);
+      }
     }
   });
 }
@@ -255,8 +268,8 @@ int64_t channel_groups(int64_t batch, int64_t channels) {
   return batch >= kMinUnits ? 1 : std::max<int64_t>(1, std::min(channels, kMinUnits));
 }
 
-// Where one backward work unit reads and writes: its channels' planes of input, grad_output and
-// grad_input, with their channel strides.
+// Where one backward call of backward_row reads and writes: a block of channels of input,
+// grad_output and grad_input, with their channel strides.
 template <typename scalar_t, typename grad_in_t>
 struct UnitPlanes {
   int64_t channels;
@@ -268,20 +281,16 @@ struct UnitPlanes {
   int64_t grad_input_sc;
 };
 
-// The backward pass along one output row, pixel by pixel with the unit's channels innermost
-// (their coordinate gradients are summed in registers): scatters the tap weights times
-// grad_output into grad_input, and adds the pixel's theta gradient to tg. Templated on which
-// gradients are wanted so the loops have no loop-invariant branches.
+// The backward pass along one output row for a block of channels, pixel by pixel with the
+// channels innermost: scatters the tap weights times grad_output into grad_input, and adds the
+// block's d(loss)/d(ix, iy) to g_ix[w], g_iy[w] (summed in registers over the block, in channel
+// order). Templated on which gradients are wanted so the loops have no loop-invariant branches.
 template <bool kGradInput, bool kGradTheta, int kTaps, typename T, typename scalar_t,
           typename grad_in_t>
 void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>& planes,
-                  const int64_t* __restrict gin_origin, TapDeltas in_delta,
-                  TapDeltas gin_delta, const T* __restrict base_x, T base_y,
-                  ThetaGrad<double>* tg) {
+                  const int64_t* __restrict gin_origin, TapDeltas in_delta, TapDeltas gin_delta,
+                  T* __restrict g_ix_row, T* __restrict g_iy_row) {
   const int64_t channels = planes.channels;
-  // The row's share in registers: summing into *tg pixel by pixel would chain every pixel's
-  // additions through memory.
-  ThetaGrad<double> row_tg{};
   for (int64_t w = 0; w < r.width; ++w) {
     const int32_t inside = r.inside[w];
     if (inside == 0) continue;
@@ -292,7 +301,7 @@ void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>&
     const scalar_t* go = planes.grad_output_row + w * planes.grad_output_sw;
     const scalar_t* s = planes.input + r.origin[w];
     grad_in_t* d = kGradInput ? planes.grad_input + gin_origin[w] : nullptr;
-    T g_ix = T(0), g_iy = T(0);  // d(loss)/d(ix, iy), summed over the channels
+    T g_ix = g_ix_row[w], g_iy = g_iy_row[w];
     for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
                  s += planes.input_sc, d += kGradInput ? planes.grad_input_sc : 0) {
       const T g = T(*go);
@@ -321,9 +330,24 @@ void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>&
       }
     }
     if constexpr (kGradTheta) {
-      row_tg.add(double(g_ix * r.dix[w]), double(g_iy * r.diy[w]), double(base_x[w]),
-                 double(base_y));
+      g_ix_row[w] = g_ix;
+      g_iy_row[w] = g_iy;
     }
+  }
+}
+
+// The row's theta gradient from its pixels' coordinate gradients (summed over the channels),
+// added to tg. Summed in registers first: adding into *tg pixel by pixel would chain every
+// pixel's additions through memory.
+template <typename T>
+void add_row_theta_grad(const RowSamples<T>& r, const T* __restrict g_ix_row,
+                        const T* __restrict g_iy_row, const T* __restrict base_x, T base_y,
+                        ThetaGrad<double>* tg) {
+  ThetaGrad<double> row_tg{};
+  for (int64_t w = 0; w < r.width; ++w) {
+    if (r.inside[w] == 0) continue;
+    row_tg.add(double(g_ix_row[w] * r.dix[w]), double(g_iy_row[w] * r.diy[w]),
+               double(base_x[w]), double(base_y));
   }
   for (int k = 0; k < 6; ++k) tg->g[k] += row_tg.g[k];
 }
@@ -360,10 +384,12 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
   const std::vector<T> base_x = base_coords<T>(gout.w, align_corners);
   const int64_t group_size = (in.c + groups - 1) / groups;
   const TapDeltas in_delta(in), gin_delta(gin);
+  const int64_t block = channel_block(in);
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
     RowSamples<T> row(gout.w);
     std::vector<int64_t> gin_origin(kGradInput ? gout.w : 0);  // tap 0 in grad_input planes
+    std::vector<T> g_ix(gout.w), g_iy(gout.w);  // per pixel, summed over the unit's channels
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / groups;
       const int64_t c_begin = (unit % groups) * group_size;
@@ -371,16 +397,23 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
       if constexpr (kGradInput) zero_channels(grad_in_ptr + n * gin.sn, gin, c_begin, c_end);
       ThetaGrad<double> tg{};
-      UnitPlanes<scalar_t, grad_in_t> planes{
-          c_end - c_begin, in_ptr + n * in.sn + c_begin * in.sc, in.sc, nullptr, gout.sc, gout.sw,
-          kGradInput ? grad_in_ptr + n * gin.sn + c_begin * gin.sc : nullptr, gin.sc};
       for (int64_t h = 0; h < gout.h; ++h) {
         const T base_y = base_coord<T>(h, gout.h, align_corners);
         row.template resolve<kMode, kPadding>(a, base_x.data(), base_y, in, align_corners);
         if constexpr (kGradInput) row.set_origins(gin, gin_origin.data());
-        planes.grad_output_row = gout_ptr + n * gout.sn + c_begin * gout.sc + h * gout.sh;
-        backward_row<kGradInput, kGradTheta, kTaps>(row, planes, gin_origin.data(), in_delta,
-                                                    gin_delta, base_x.data(), base_y, &tg);
+        std::fill(g_ix.begin(), g_ix.end(), T(0));
+        std::fill(g_iy.begin(), g_iy.end(), T(0));
+        for (int64_t c = c_begin; c < c_end; c += block) {
+          const UnitPlanes<scalar_t, grad_in_t> planes{
+              std::min(block, c_end - c), in_ptr + n * in.sn + c * in.sc, in.sc,
+              gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sc, gout.sw,
+              kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
+          backward_row<kGradInput, kGradTheta, kTaps>(row, planes, gin_origin.data(), in_delta,
+                                                      gin_delta, g_ix.data(), g_iy.data());
+        }
+        if constexpr (kGradTheta) {
+          add_row_theta_grad(row, g_ix.data(), g_iy.data(), base_x.data(), base_y, &tg);
+        }
       }
       if (theta_partials != nullptr) std::copy(tg.g, tg.g + 6, theta_partials + unit * 6);
     }
