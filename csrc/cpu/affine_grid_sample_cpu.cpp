@@ -1,8 +1,8 @@
 // CPU kernels of stn_ext::affine_grid_sample. Every output row is done in two phases: its
 // sample points are resolved into structure-of-arrays scratch (coordinates, taps, weights: loops
-// the compiler vectorises), then one pass per channel gathers (forward) or scatters and reduces
-// (backward) along the row. Parallel over output rows (forward) and over (image, channel group)
-// work units (backward), deterministic for any thread count.
+// the compiler vectorises), then each pixel's taps are gathered (forward) or scattered and
+// reduced (backward) for a block of channels at a time. Parallel over output rows (forward) and
+// over (image, channel group) work units (backward), deterministic for any thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
