@@ -66,8 +66,7 @@ template <typename T>
 inline void bilinear_taps(int64_t width, int32_t in_h, int32_t in_w, const T* __restrict ix,
                           const T* __restrict iy, int32_t* __restrict x0, int32_t* __restrict y0,
                           int32_t* __restrict inside, T* __restrict west, T* __restrict east,
-                          T* __restrict north, T* __restrict south, T* __restrict w00,
-                          T* __restrict w01, T* __restrict w10, T* __restrict w11) {
+                          T* __restrict north, T* __restrict south) {
   for (int64_t w = 0; w < width; ++w) {
     const Bilinear<T, int32_t> b = Bilinear<T, int32_t>::at(ix[w], iy[w]);
     x0[w] = b.x0;
@@ -76,10 +75,6 @@ inline void bilinear_taps(int64_t width, int32_t in_h, int32_t in_w, const T* __
     east[w] = b.east;
     north[w] = b.north;
     south[w] = b.south;
-    w00[w] = b.w00();
-    w01[w] = b.w01();
-    w10[w] = b.w10();
-    w11[w] = b.w11();
     inside[w] = int32_t(in_bounds(b.x0, b.y0, in_h, in_w)) |
                 int32_t(in_bounds(b.x0 + 1, b.y0, in_h, in_w)) << 1 |
                 int32_t(in_bounds(b.x0, b.y0 + 1, in_h, in_w)) << 2 |
@@ -90,14 +85,12 @@ inline void bilinear_taps(int64_t width, int32_t in_h, int32_t in_w, const T* __
 // The sample points of one output row, resolved in structure-of-arrays form so that the
 // per-pixel coordinate and weight math runs as vectorised loops. Tap k of pixel w sits at
 // (x0 + k % 2, y0 + k / 2), bit k of inside[w] says whether it lies in the image (taps outside
-// read zero padding), weight[k][w] is its weight; a nearest sample uses tap 0 only.
+// read zero padding), and stencil(w) gives the weights; a nearest sample uses tap 0 only.
 template <typename T>
 struct RowSamples {
   explicit RowSamples(int64_t width)
       : width(width), ix(width), iy(width), dix(width), diy(width), west(width), east(width),
-        north(width), south(width), x0(width), y0(width), inside(width), origin(width) {
-    for (auto& w : weight) w.resize(width);
-  }
+        north(width), south(width), x0(width), y0(width), inside(width), origin(width) {}
 
   // Resolves the row of base y-coordinate base_y (x-coordinates base_x) under the affine map a,
   // for an input of geometry `in`; origin[w] is tap 0's offset in an input plane.
@@ -125,8 +118,7 @@ struct RowSamples {
       nearest_taps(width, h, w, ix.data(), iy.data(), x0.data(), y0.data(), inside.data());
     } else {
       bilinear_taps(width, h, w, ix.data(), iy.data(), x0.data(), y0.data(), inside.data(),
-                    west.data(), east.data(), north.data(), south.data(), weight[0].data(),
-                    weight[1].data(), weight[2].data(), weight[3].data());
+                    west.data(), east.data(), north.data(), south.data());
     }
     set_origins(in, origin.data());
   }
@@ -143,7 +135,6 @@ struct RowSamples {
   int64_t width;
   std::vector<T> ix, iy, dix, diy;
   std::vector<T> west, east, north, south;
-  std::vector<T> weight[4];
   std::vector<int32_t> x0, y0, inside;
   std::vector<int64_t> origin;
 };
@@ -207,8 +198,8 @@ void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __rest
       }
       continue;
     }
-    const T w00 = r.weight[0][w], w01 = r.weight[1][w], w10 = r.weight[2][w],
-            w11 = r.weight[3][w];
+    const Bilinear<T, int32_t> stencil = r.stencil(w);
+    const T w00 = stencil.w00(), w01 = stencil.w01(), w10 = stencil.w10(), w11 = stencil.w11();
     if (inside == kAllTaps) {  // the common case: no tap in the padding
       for (int64_t c = 0; c < channels; ++c) {
         const scalar_t* sc = s + c * src_sc;
@@ -271,7 +262,7 @@ int64_t channel_groups(int64_t batch, int64_t channels) {
 // Where one backward call of backward_row reads and writes: a block of channels of input,
 // grad_output and grad_input, with their channel strides.
 template <typename scalar_t, typename grad_in_t>
-struct UnitPlanes {
+struct BlockPlanes {
   int64_t channels;
   const scalar_t* input;
   int64_t input_sc;
@@ -287,7 +278,7 @@ struct UnitPlanes {
 // order). Templated on which gradients are wanted so the loops have no loop-invariant branches.
 template <bool kGradInput, bool kGradTheta, int kTaps, typename T, typename scalar_t,
           typename grad_in_t>
-void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>& planes,
+void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>& planes,
                   const int64_t* __restrict gin_origin, TapDeltas in_delta, TapDeltas gin_delta,
                   T* __restrict g_ix_row, T* __restrict g_iy_row) {
   const int64_t channels = planes.channels;
@@ -295,8 +286,8 @@ void backward_row(const RowSamples<T>& r, const UnitPlanes<scalar_t, grad_in_t>&
     const int32_t inside = r.inside[w];
     if (inside == 0) continue;
     const bool all_inside = kTaps == 4 && inside == kAllTaps;  // the common case
-    const T weight[4] = {r.weight[0][w], r.weight[1][w], r.weight[2][w], r.weight[3][w]};
     const Bilinear<T, int32_t> stencil = r.stencil(w);
+    const T weight[4] = {stencil.w00(), stencil.w01(), stencil.w10(), stencil.w11()};
     // Walked channel by channel: pointer bumps keep the loop's registers free.
     const scalar_t* go = planes.grad_output_row + w * planes.grad_output_sw;
     const scalar_t* s = planes.input + r.origin[w];
@@ -404,7 +395,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
         std::fill(g_ix.begin(), g_ix.end(), T(0));
         std::fill(g_iy.begin(), g_iy.end(), T(0));
         for (int64_t c = c_begin; c < c_end; c += block) {
-          const UnitPlanes<scalar_t, grad_in_t> planes{
+          const BlockPlanes<scalar_t, grad_in_t> planes{
               std::min(block, c_end - c), in_ptr + n * in.sn + c * in.sc, in.sc,
               gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sc, gout.sw,
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
