@@ -7,14 +7,14 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
-import torch.utils.benchmark
 
 import stn_ext
 
@@ -24,7 +24,7 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 try:
     import triton
     import triton.testing
-except ImportError:  # CPU-only installs; GPU timing then falls back to torch.utils.benchmark
+except ImportError:  # CPU-only installs; GPU timing then falls back to the CPU's rounds
     triton = None
 
 # Large enough to stream from DRAM rather than any cache, on CPUs and GPUs alike.
@@ -135,7 +135,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, json_suffix: str = "")
                         help="torch.set_num_threads(N) first (default: torch's default, "
                              f"{torch.get_num_threads()} here)")
     parser.add_argument("--min-run-time", type=float, default=0.5, metavar="SECONDS",
-                        help="measuring time per row, after warm-up (default: %(default)s)")
+                        help="measuring time per backend and row, after warm-up "
+                             "(default: %(default)s)")
 
 
 def resolve_json_path(args: argparse.Namespace, device: torch.device,
@@ -176,7 +177,8 @@ class Stopwatch:
 def fresh_compile_caches() -> Iterator[None]:
     """Run the block with torch.compile's in-process state reset and inductor's and Triton's
     on-disk caches in a new empty folder, so that a first call there is a cold compile that does
-    not depend on earlier rows or runs. (Triton kernels already in memory stay compiled.)"""
+    not depend on earlier rows or runs. (Triton kernels already in memory stay compiled.) What
+    the block compiles stays loaded after it, to be timed; the next such block resets it."""
     saved = {name: os.environ.get(name)
              for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     torch._dynamo.reset()
@@ -186,7 +188,6 @@ def fresh_compile_caches() -> Iterator[None]:
         try:
             yield
         finally:
-            torch._dynamo.reset()
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
@@ -194,20 +195,53 @@ def fresh_compile_caches() -> Iterator[None]:
                     os.environ[name] = value
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, min_run_time: float) -> float:
-    """Median time of one call after warm-up: triton's do_bench on GPU (CUDA events, L2 flushed
-    between calls), torch.utils.benchmark elsewhere, on all of torch's threads."""
+# Rounds of side-by-side timing on a CPU: every call is timed in every round, in alternating
+# order, so that the machine's drift between seconds falls on all of them alike.
+CPU_ROUNDS = 15
+
+
+def side_by_side_ms(calls: Dict[str, Callable[[], object]], device: torch.device,
+                    min_run_time: float) -> Dict[str, List[float]]:
+    """Times of one call (ms) of each of ``calls``, each warmed up first, on all of torch's
+    threads. On a GPU, whose timing is steady: one median each from triton's do_bench (CUDA
+    events, L2 flushed between calls). On a CPU: one time per round of CPU_ROUNDS rounds, in
+    which each call runs for about min_run_time / CPU_ROUNDS seconds; compare two calls with
+    paired_speedup."""
     if device.type == "cuda" and triton is not None:
-        return float(triton.testing.do_bench(fn, rep=min_run_time * 1e3, return_mode="median"))
-    # Timer defaults to one thread; the real thread count is what users get.
-    timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn},
-                                        num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+        return {name: [float(triton.testing.do_bench(fn, rep=min_run_time * 1e3,
+                                                      return_mode="median"))]
+                for name, fn in calls.items()}
+    calls_per_block = {}
+    for name, fn in calls.items():
+        fn()
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        once_s = time.perf_counter() - start
+        calls_per_block[name] = max(1, round(min_run_time / CPU_ROUNDS / once_s))
+    times = {name: [] for name in calls}
+    for round_index in range(CPU_ROUNDS):
+        for name in (calls if round_index % 2 == 0 else reversed(list(calls))):
+            fn, count = calls[name], calls_per_block[name]
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / count * 1e3)
+    return times
+
+
+def paired_speedup(baseline_ms: Sequence[float], candidate_ms: Sequence[float]) -> float:
+    """How many times faster the candidate ran than the baseline: the median of the ratios of
+    times taken in the same round (drift between rounds cancels out of each ratio)."""
+    return statistics.median(b / c for b, c in zip(baseline_ms, candidate_ms))
 
 
 def copy_gbps(device: torch.device, min_run_time: float) -> float:
     """Bandwidth of a large same-device tensor copy (read + write), timed like the kernels."""
     source = torch.empty(COPY_BENCH_BYTES // 4, dtype=torch.float32, device=device).uniform_()
     destination = torch.empty_like(source)
-    ms = median_ms(lambda: destination.copy_(source), device, min_run_time)
+    ms = statistics.median(side_by_side_ms({"copy": lambda: destination.copy_(source)}, device,
+                                           min_run_time)["copy"])
     return 2 * COPY_BENCH_BYTES / (ms * 1e-3) / 1e9

@@ -1,6 +1,7 @@
 """Affine-grid + grid-sample microbenchmark: every backend that runs on the device, side by side,
 for the forward pass, the backward pass alone and both, with milliseconds, effective bandwidth
-and speedup over PyTorch's own two ops.
+and speedup over PyTorch's own two ops. On a CPU the backends are timed in alternating rounds
+and a speedup is the median of the per-round ratios, so the machine's drift cancels out.
 
     python benchmarks/bench_sampling.py --device cpu --json          # full run, recorded under
                                                                      # benchmarks/results/
@@ -14,16 +15,17 @@ interpreted, far too slowly to time).
 import argparse
 import functools
 import math
+import statistics
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 import stn_ext
 from _common import (COPY_BENCH_BYTES, Stopwatch, add_common_arguments, copy_gbps, describe_error,
-                     finish_metadata, fresh_compile_caches, median_ms, resolve_json_path,
-                     run_metadata, write_json)
+                     finish_metadata, fresh_compile_caches, paired_speedup, resolve_json_path,
+                     run_metadata, side_by_side_ms, write_json)
 
 # name -> (N, C, H, W, Ho, Wo): input (N, C, H, W) sampled to (Ho, Wo).
 SHAPES = {
@@ -158,22 +160,32 @@ def prepare_pass(sampler: Callable, tensors: Tensors, pass_name: str) -> Callabl
     return lambda: torch.autograd.grad(sampler(*inputs), inputs, tensors.grad_output)
 
 
-def measure(case: Case, backend: str, pass_name: str, tensors: Tensors, args,
-            device: torch.device, copy_bandwidth: float) -> dict:
+def prepare_backend(case: Case, backend: str, pass_name: str, tensors: Tensors, args,
+                    device: torch.device) -> Tuple[Callable[[], object], float]:
+    """The backend's call for the pass, and the time of its first call in ms (a cold compile
+    for torch-compile)."""
     out_h, out_w = case.shape[4:]
     with fresh_compile_caches():
         with Stopwatch(device) as first_call:
             run_pass = prepare_pass(make_sampler(backend, (out_h, out_w), args.mode,
                                                  args.padding_mode), tensors, pass_name)
             run_pass()
-        ms = median_ms(run_pass, device, args.min_run_time)
+    return run_pass, first_call.ms
+
+
+def result_row(case: Case, backend: str, pass_name: str, times_ms: List[float],
+               torch_times_ms: Optional[List[float]], first_call_ms: float, args,
+               copy_bandwidth: float) -> dict:
+    ms = statistics.median(times_ms)
     gbps = bytes_moved(case, pass_name) / (ms * 1e-3) / 1e9
     return {
         "backend": backend, "pass": pass_name, "shape": list(case.shape),
         "shape_name": case.shape_name, "dtype": case.dtype_name, "mode": args.mode,
         "padding_mode": args.padding_mode, "align_corners": ALIGN_CORNERS,
         "channels_last": case.channels_last, "ms": ms, "gbps": gbps,
-        "pct_of_copy": 100 * gbps / copy_bandwidth, "first_call_ms": first_call.ms,
+        "pct_of_copy": 100 * gbps / copy_bandwidth, "first_call_ms": first_call_ms,
+        "speedup_vs_torch": (paired_speedup(torch_times_ms, times_ms) if torch_times_ms
+                             else None),
     }
 
 
@@ -247,11 +259,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for case in cases(shape_names, with_variants=not args.quick):
         tensors = make_tensors(case, device)
         for pass_name in passes:
-            torch_ms = None
+            calls, first_call_ms = {}, {}
             for backend in backends:
                 try:
-                    row = measure(case, backend, pass_name, tensors, args, device,
-                                  payload["copy_gbps"])
+                    calls[backend], first_call_ms[backend] = prepare_backend(
+                        case, backend, pass_name, tensors, args, device)
                 # One backend failing (a dtype it lacks, say) must not lose the rest of a long
                 # run; the failure is kept in the results instead.
                 except Exception as error:  # noqa: BLE001
@@ -262,10 +274,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         "backend": backend, "pass": pass_name, "shape": list(case.shape),
                         "dtype": case.dtype_name, "channels_last": case.channels_last,
                         "reason": reason})
-                    continue
-                if backend == "torch":
-                    torch_ms = row["ms"]
-                row["speedup_vs_torch"] = torch_ms / row["ms"] if torch_ms else None
+            times_ms = side_by_side_ms(calls, device, args.min_run_time)
+            for backend in calls:
+                row = result_row(case, backend, pass_name, times_ms[backend],
+                                 times_ms.get("torch"), first_call_ms[backend], args,
+                                 payload["copy_gbps"])
                 payload["results"].append(row)
                 print_result(case, row)
         del tensors

@@ -9,19 +9,21 @@ A step is train/cifar.py's per batch: zero_grad, forward, NLL loss, backward and
 optimizer of its default recipe, channels_last model and input (no LR schedule, no logging), on
 one synthetic batch kept on the device: this measures compute, not data loading. Time per epoch
 is derived: 50,000 CIFAR-10 training images / (images per second). Speedups compare each backend
-with backend torch in the same variant.
+with backend torch in the same variant, timed side by side (on a CPU in alternating rounds; a
+speedup is the median of the per-round ratios).
 """
 import argparse
+import statistics
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 import stn_ext
 from _common import (REPO_ROOT, Stopwatch, add_common_arguments, describe_error,
-                     finish_metadata, fresh_compile_caches, median_ms, resolve_json_path,
-                     run_metadata, write_json)
+                     finish_metadata, fresh_compile_caches, paired_speedup, resolve_json_path,
+                     run_metadata, side_by_side_ms, write_json)
 
 sys.path.insert(0, str(REPO_ROOT / "train"))
 from cifar import RECIPES, Net, make_optimizer  # noqa: E402
@@ -97,16 +99,25 @@ def prepare_step(backend: str, variant: str, device: torch.device) -> Callable[[
     return train_step
 
 
-def measure(backend: str, variant: str, device: torch.device, min_run_time: float) -> dict:
+def prepare(backend: str, variant: str, device: torch.device) -> Tuple[Callable[[], object], float]:
+    """The backend's training step in the variant, and the time of its first call in ms (a cold
+    compile for the compile variant)."""
     with fresh_compile_caches():
         with Stopwatch(device) as first_step:
             step = prepare_step(backend, variant, device)
             step()
-        ms = median_ms(step, device, min_run_time)
+    return step, first_step.ms
+
+
+def result_row(backend: str, variant: str, times_ms: List[float],
+               torch_times_ms: Optional[List[float]], first_call_ms: float) -> dict:
+    ms = statistics.median(times_ms)
     images_per_s = BATCH_SIZE / (ms * 1e-3)
     return {"backend": backend, "variant": variant, "batch": BATCH_SIZE, "ms_per_step": ms,
             "images_per_s": images_per_s, "epoch_s": CIFAR10_TRAIN_IMAGES / images_per_s,
-            "first_call_ms": first_step.ms}
+            "first_call_ms": first_call_ms,
+            "speedup_vs_torch": (paired_speedup(torch_times_ms, times_ms) if torch_times_ms
+                                 else None)}
 
 
 TABLE_COLUMNS = (("variant", 10), ("backend", 8), ("ms/step", 9), ("images/s", 9),
@@ -144,20 +155,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print_table_row([name for name, _ in TABLE_COLUMNS])
 
     for variant in variants_for(device, args.quick):
-        torch_ms = None
+        steps, first_call_ms = {}, {}
         for backend in backends_for(device):
             try:
-                row = measure(backend, variant, device, args.min_run_time)
+                steps[backend], first_call_ms[backend] = prepare(backend, variant, device)
             # One backend or variant failing must not lose the others; the failure is kept.
             except Exception as error:  # noqa: BLE001
                 reason = describe_error(error)
                 print(f"  skipped {variant} {backend}: {reason}", flush=True)
                 payload["skipped"].append({"backend": backend, "variant": variant,
                                            "reason": reason})
-                continue
-            if backend == "torch":
-                torch_ms = row["ms_per_step"]
-            row["speedup_vs_torch"] = torch_ms / row["ms_per_step"] if torch_ms else None
+        times_ms = side_by_side_ms(steps, device, args.min_run_time)
+        for backend in steps:
+            row = result_row(backend, variant, times_ms[backend], times_ms.get("torch"),
+                             first_call_ms[backend])
             payload["results"].append(row)
             speedup = row["speedup_vs_torch"]
             print_table_row((variant, backend, f"{row['ms_per_step']:.2f}",

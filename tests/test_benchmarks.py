@@ -73,3 +73,18 @@ def test_summarize(results_dir):
     assert "## Sampling: " in text and "## Training step: " in text
     assert "| 64x3x32x32->32x32 float32 | fwd | " in text
     assert (results_dir / "sampling.png").stat().st_size > 0
+
+
+def test_side_by_side_timing_on_cpu():
+    sys.path.insert(0, str(BENCHMARKS))
+    import _common
+    import torch
+
+    calls = []
+    times = _common.side_by_side_ms({"a": lambda: calls.append("a"),
+                                     "b": lambda: calls.append("b")},
+                                    torch.device("cpu"), min_run_time=0.01)
+    assert sorted(times) == ["a", "b"]
+    assert all(len(t) == _common.CPU_ROUNDS and min(t) > 0 for t in times.values())
+    assert calls.count("a") >= _common.CPU_ROUNDS and calls.count("b") >= _common.CPU_ROUNDS
+    assert _common.paired_speedup([2.0, 9.0, 6.0], [1.0, 3.0, 3.0]) == 2.0

@@ -244,6 +244,22 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert on_disk["config"]["run"]["epochs"] == 3
 
 
+def test_default_recipe_drops_out_in_the_first_half_only(tmp_path, monkeypatch):
+    dropout_in_training_steps = []
+    forward = cifar.Net.forward
+
+    def recording_forward(self, x):
+        if self.training:
+            dropout_in_training_steps.append((self.conv2_drop.training, self.fc1_drop.training))
+        return forward(self, x)
+
+    monkeypatch.setattr(cifar.Net, "forward", recording_forward)
+    data = tiny_pickle_dataset(tmp_path, 64, 20)  # two steps an epoch at batch 32
+    cifar.run(cifar.parse_args(train_args(data, tmp_path / "run", "--epochs", 4)))
+    assert cifar.RECIPES["default"].dropout_until == 0.5
+    assert dropout_in_training_steps == 4 * [(True, True)] + 4 * [(False, False)]
+
+
 def test_resume_refuses_other_settings(tmp_path):
     data = tiny_pickle_dataset(tmp_path, 64, 50)
     cifar.run(cifar.parse_args(train_args(data, tmp_path / "a", "--epochs", 1)))
