@@ -14,8 +14,8 @@ stored per program, which the host sums over programs in a fixed order: grad_the
 deterministic and grad_grid never exists. Under torch.use_deterministic_algorithms(True) the
 input gradient takes a slower path without atomics (_deterministic_input_grad).
 
-Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd, as
-stn_ext/ops.py does for the C++ op, rather than ``torch.library.triton_op``. torch.compile and
+Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd (from
+stn_ext/ops.py, like the C++ op's fake kernels), rather than ``torch.library.triton_op``. torch.compile and
 opcheck trace *into* a triton_op and call its Triton kernels with fake tensors: fine for compiled
 kernels, but the interpreter reads the fake tensors' data, so CPU tensors under TRITON_INTERPRET=1
 could be neither compiled nor op-checked. An opaque custom_op behaves the same on CUDA and in
@@ -565,7 +565,7 @@ def _affine_grid_sample_backward_op(grad_output: torch.Tensor, input: torch.Tens
                                        align_corners, output_mask)
 
 
-register_sampling_op("triton_affine_grid_sample")
+register_sampling_op("triton_affine_grid_sample", python_autograd=True)
 
 
 def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,
