@@ -81,6 +81,7 @@ def run_metadata(benchmark: str, device: torch.device, note: Optional[str]) -> d
         "extension_build": extension_build(),
         "date": utc_now().isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        "cpu_rounds": CPU_ROUNDS if device.type == "cpu" else None,
         "cpu_count": os.cpu_count(),
         "other_processes_cores_start": other_processes_cores(),
         "note": note,

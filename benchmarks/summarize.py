@@ -33,9 +33,14 @@ The files are named after the device and the date. On a GPU, pass `--device cuda
 the tree without `.git`, set `STN_EXT_COMMIT` to the commit it was copied from."""
 
 METHOD = """\
-- **Timing.** Each row is the median time of one call after warm-up: on CPU
-  `torch.utils.benchmark.Timer.blocked_autorange` on all of torch's threads (`threads` below), on
-  GPU `triton.testing.do_bench` (CUDA events, L2 flushed between calls). *First call* is the
+- **Timing.** On CPU the backends of one shape, dtype, layout and pass are timed side by side:
+  `cpu_rounds` rounds (15), in alternating order, each backend running a block of calls of about
+  `min_run_time_s / cpu_rounds` seconds per round on all of torch's threads (`threads` below). A
+  row's time is the median of its per-round times per call; its speedup is the median of the
+  per-round ratios torch / backend, so the VM's drift between seconds cancels out of it. Files
+  without `cpu_rounds` (before 2026-11-23 evening) timed each row alone, as the median of
+  `torch.utils.benchmark.Timer.blocked_autorange`. On GPU each row is the median of
+  `triton.testing.do_bench` (CUDA events, L2 flushed between calls). *First call* is the
   wall time of a row's first call, reported apart from the median: each row starts with
   `torch._dynamo.reset()` and empty inductor and Triton on-disk caches, so it includes
   compilation (torch-compile, triton); kernels already compiled in memory by earlier rows of the
