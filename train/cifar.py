@@ -237,7 +237,7 @@ def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
     ddp_model.train()
     if epoch > recipe.dropout_until * epochs:
         for module in ddp_model.modules():
-            if isinstance(module, nn.modules.dropout._DropoutNd):
+            if isinstance(module, (nn.Dropout, nn.Dropout2d)):
                 module.eval()
     # Every rank draws the same permutation and takes its own share of it.
     shard, local_batch, steps = rank_share(len(train), batch_size, world)
