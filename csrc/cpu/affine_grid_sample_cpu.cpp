@@ -275,13 +275,17 @@ struct BlockPlanes {
 // The backward pass along one output row for a block of channels, pixel by pixel with the
 // channels innermost: scatters the tap weights times grad_output into grad_input, and adds the
 // block's d(loss)/d(ix, iy) to g_ix[w], g_iy[w] (summed in registers over the block, in channel
-// order). Templated on which gradients are wanted so the loops have no loop-invariant branches.
-template <bool kGradInput, bool kGradTheta, int kTaps, typename T, typename scalar_t,
-          typename grad_in_t>
+// order). Templated on which gradients are wanted so the loops have no loop-invariant branches,
+// and on whether grad_input's planes have input's strides (kSameLayout, the usual case): then
+// one set of tap offsets serves both, which frees the registers the channel loop needs.
+template <bool kGradInput, bool kGradTheta, int kTaps, bool kSameLayout, typename T,
+          typename scalar_t, typename grad_in_t>
 void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>& planes,
-                  const int64_t* __restrict gin_origin, TapDeltas in_delta, TapDeltas gin_delta,
-                  T* __restrict g_ix_row, T* __restrict g_iy_row) {
+                  const int64_t* __restrict gin_origin, TapDeltas in_delta,
+                  TapDeltas gin_own_delta, T* __restrict g_ix_row, T* __restrict g_iy_row) {
   const int64_t channels = planes.channels;
+  const TapDeltas gin_delta = kSameLayout ? in_delta : gin_own_delta;
+  const int64_t grad_input_sc = kSameLayout ? planes.input_sc : planes.grad_input_sc;
   for (int64_t w = 0; w < r.width; ++w) {
     const int32_t inside = r.inside[w];
     if (inside == 0) continue;
@@ -291,10 +295,11 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
     // Walked channel by channel: pointer bumps keep the loop's registers free.
     const scalar_t* go = planes.grad_output_row + w * planes.grad_output_sw;
     const scalar_t* s = planes.input + r.origin[w];
-    grad_in_t* d = kGradInput ? planes.grad_input + gin_origin[w] : nullptr;
+    grad_in_t* d =
+        kGradInput ? planes.grad_input + (kSameLayout ? r.origin[w] : gin_origin[w]) : nullptr;
     T g_ix = g_ix_row[w], g_iy = g_iy_row[w];
     for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
-                 s += planes.input_sc, d += kGradInput ? planes.grad_input_sc : 0) {
+                 s += planes.input_sc, d += kGradInput ? grad_input_sc : 0) {
       const T g = T(*go);
       if constexpr (kGradInput) {
         if (kTaps == 1) {
@@ -386,6 +391,8 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
   const int64_t group_size = (in.c + groups - 1) / groups;
   const TapDeltas in_delta(in), gin_delta(gin);
   const int64_t block = channel_block(in);
+  // grad_input takes input's memory format, so this holds unless input has unusual strides.
+  const bool same_layout = kGradInput && gin.sc == in.sc && gin.sh == in.sh && gin.sw == in.sw;
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
     RowSamples<T> row(gout.w);
@@ -401,7 +408,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       for (int64_t h = 0; h < gout.h; ++h) {
         const T base_y = base_coord<T>(h, gout.h, align_corners);
         row.template resolve<kMode, kPadding>(a, base_x.data(), base_y, in, align_corners);
-        if constexpr (kGradInput) row.set_origins(gin, gin_origin.data());
+        if (kGradInput && !same_layout) row.set_origins(gin, gin_origin.data());
         std::fill(g_ix.begin(), g_ix.end(), T(0));
         std::fill(g_iy.begin(), g_iy.end(), T(0));
         for (int64_t c = c_begin; c < c_end; c += block) {
@@ -409,8 +416,13 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
               std::min(block, c_end - c), in_ptr + n * in.sn + c * in.sc, in.sc,
               gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sc, gout.sw,
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
-          backward_row<kGradInput, kGradTheta, kTaps>(row, planes, gin_origin.data(), in_delta,
-                                                      gin_delta, g_ix.data(), g_iy.data());
+          if (same_layout) {
+            backward_row<kGradInput, kGradTheta, kTaps, true>(
+                row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
+          } else {
+            backward_row<kGradInput, kGradTheta, kTaps, false>(
+                row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
+          }
         }
         if constexpr (kGradTheta) {
           add_row_theta_grad(row, g_ix.data(), g_iy.data(), base_x.data(), base_y, &tg);
