@@ -339,12 +339,15 @@ template <typename T>
 void add_row_theta_grad(const RowSamples<T>& r, const T* __restrict g_ix_row,
                         const T* __restrict g_iy_row, const T* __restrict base_x, T base_y,
                         ThetaGrad<double>* tg) {
+  const int32_t* __restrict inside = r.inside.data();
+  const T* __restrict dix = r.dix.data();
+  const T* __restrict diy = r.diy.data();
   double gx_bx = 0, gx_sum = 0, gy_bx = 0, gy_sum = 0;
 #pragma omp simd reduction(+ : gx_bx, gx_sum, gy_bx, gy_sum)
   for (int64_t w = 0; w < r.width; ++w) {
     // A pixel with no tap in the image has no gradient (and maybe a NaN coordinate derivative).
-    const double gx = r.inside[w] != 0 ? double(g_ix_row[w] * r.dix[w]) : 0.0;
-    const double gy = r.inside[w] != 0 ? double(g_iy_row[w] * r.diy[w]) : 0.0;
+    const double gx = inside[w] != 0 ? double(g_ix_row[w] * dix[w]) : 0.0;
+    const double gy = inside[w] != 0 ? double(g_iy_row[w] * diy[w]) : 0.0;
     gx_bx += gx * double(base_x[w]);
     gx_sum += gx;
     gy_bx += gy * double(base_x[w]);
