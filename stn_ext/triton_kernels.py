@@ -15,12 +15,12 @@ deterministic and grad_grid never exists. Under torch.use_deterministic_algorith
 input gradient takes a slower path without atomics (_deterministic_input_grad).
 
 Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd (from
-stn_ext/ops.py, like the C++ op's fake kernels), rather than ``torch.library.triton_op``. torch.compile and
-opcheck trace *into* a triton_op and call its Triton kernels with fake tensors: fine for compiled
-kernels, but the interpreter reads the fake tensors' data, so CPU tensors under TRITON_INTERPRET=1
-could be neither compiled nor op-checked. An opaque custom_op behaves the same on CUDA and in
-the interpreter, so the tests that run without a GPU exercise the registration GPUs use. The
-cost: inductor cannot fuse with or inline the kernels.
+stn_ext/ops.py, like the C++ op's fake kernels), rather than ``torch.library.triton_op``.
+torch.compile and opcheck trace *into* a triton_op and call its Triton kernels with fake tensors:
+fine for compiled kernels, but the interpreter reads the fake tensors' data, so CPU tensors under
+TRITON_INTERPRET=1 could be neither compiled nor op-checked. An opaque custom_op behaves the same
+on CUDA and in the interpreter, so the tests that run without a GPU exercise the registration GPUs
+use. The cost: inductor cannot fuse with or inline the kernels.
 """
 import contextlib
 from typing import List, Sequence, Tuple

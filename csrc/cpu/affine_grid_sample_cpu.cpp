@@ -399,7 +399,8 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
     RowSamples<T> row(gout.w);
-    std::vector<int64_t> gin_origin(kGradInput ? gout.w : 0);  // tap 0 in grad_input planes
+    // Tap 0 in grad_input planes; with the same layout, the row's input origins serve.
+    std::vector<int64_t> gin_origin(kGradInput && !same_layout ? gout.w : 0);
     std::vector<T> g_ix(gout.w), g_iy(gout.w);  // per pixel, summed over the unit's channels
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / groups;
