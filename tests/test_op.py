@@ -165,30 +165,35 @@ INPUT_BASES = {"contiguous": (N, C, H, W), "channels_last": (N, H, W, C),
                "row_broadcast": (N, C, 1, W)}
 
 
+@pytest.mark.parametrize("wrt", ["both", "input", "theta"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("kind", INPUT_BASES)
-def test_input_layouts(backend, kind, dtype):
+def test_input_layouts(backend, kind, dtype, wrt):
     """Any input strides give the reference's values; channels_last in -> channels_last out,
-    for the output and for the input gradient."""
+    for the output and for the input gradient. Each gradient alone too: the kernels pick their
+    loops by layout and by which gradients are wanted."""
     size = (5, 8)
     config = dict(mode="bilinear", padding_mode="border", align_corners=False)
     seed = seed_of("layout", kind)
     base = random_input(INPUT_BASES[kind], seed=seed, dtype=dtype,
-                        device=backend.device).requires_grad_()
+                        device=backend.device).requires_grad_(wrt != "theta")
     x = _input_view(kind, base)
     assert x.shape == (N, C, H, W)
     assert (kind == "contiguous") == x.is_contiguous()
     theta = random_theta(N, (H, W), size, False, seed=seed, dtype=dtype,
-                         device=backend.device).requires_grad_()
+                         device=backend.device).requires_grad_(wrt != "input")
     grad_output = random_input((N, C, *size), seed=seed + 1, dtype=dtype, device=backend.device)
 
     out = run(backend, x, theta, size, **config)
     assert out.is_contiguous(memory_format=expected_memory_format(x))
     # Gradients reach the leaf through the view; compare them with the reference's.
-    got = torch.autograd.grad(out, (base, theta), grad_output)
-    want = torch.autograd.grad(reference(x, theta, size, **config), (base, theta), grad_output)
+    names, leaves = zip(*[(name, leaf) for name, leaf in (("grad input", base),
+                                                          ("grad theta", theta))
+                          if leaf.requires_grad])
+    got = torch.autograd.grad(out, leaves, grad_output)
+    want = torch.autograd.grad(reference(x, theta, size, **config), leaves, grad_output)
     assert_close(out, reference(x, theta, size, **config), dtype, "output")
-    for name, g, r in zip(("grad input", "grad theta"), got, want):
+    for name, g, r in zip(names, got, want):
         assert_close(g, r, dtype, name, scale=max_abs(r))
     # The input gradient the op itself returns has the layout rule of the output.
     grad_input, _ = torch.ops.stn_ext.affine_grid_sample_backward(
