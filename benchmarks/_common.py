@@ -110,13 +110,22 @@ def other_processes_cores(sample_s: float = 1.0) -> Optional[float]:
     return max(0.0, others / sample_s)
 
 
-def default_json_path(device: torch.device, suffix: str = "") -> Path:
-    """benchmarks/results/<device>-<date><suffix>.json, e.g. cpu-amd-epyc-2026-11-22.json."""
+def default_json_path(device: torch.device, suffix: str = "",
+                      results_dir: Path = RESULTS_DIR) -> Path:
+    """results_dir/<device>-<date><suffix>.json, e.g. cpu-amd-epyc-2026-11-22.json; a second run
+    on the same day gets -run2 (then -run3, ...) before the suffix instead of overwriting the
+    first run's record."""
     name = device_name(device)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if device.type == "cpu" and not slug.startswith("cpu"):
         slug = f"cpu-{slug}"
-    return RESULTS_DIR / f"{slug}-{utc_now().date().isoformat()}{suffix}.json"
+    stem = f"{slug}-{utc_now().date().isoformat()}"
+    path = results_dir / f"{stem}{suffix}.json"
+    run = 2
+    while path.exists():
+        path = results_dir / f"{stem}-run{run}{suffix}.json"
+        run += 1
+    return path
 
 
 def write_json(path: Path, payload: dict) -> None:

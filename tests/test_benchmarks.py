@@ -88,3 +88,19 @@ def test_side_by_side_timing_on_cpu():
     assert all(len(t) == _common.CPU_ROUNDS and min(t) > 0 for t in times.values())
     assert calls.count("a") >= _common.CPU_ROUNDS and calls.count("b") >= _common.CPU_ROUNDS
     assert _common.paired_speedup([2.0, 9.0, 6.0], [1.0, 3.0, 3.0]) == 2.0
+
+
+def test_default_json_path_never_overwrites_a_record(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    import _common
+    import torch
+
+    cpu = torch.device("cpu")
+    first = _common.default_json_path(cpu, "-train", results_dir=tmp_path)
+    assert first.parent == tmp_path and first.name.endswith("-train.json")
+    first.write_text("{}")
+    second = _common.default_json_path(cpu, "-train", results_dir=tmp_path)
+    assert second.name == first.name.replace("-train.json", "-run2-train.json")
+    second.write_text("{}")
+    assert _common.default_json_path(cpu, "-train", results_dir=tmp_path).name == \
+        first.name.replace("-train.json", "-run3-train.json")
