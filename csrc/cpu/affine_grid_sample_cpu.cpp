@@ -213,8 +213,13 @@ inline Taps<T> load_taps(const T* p, int64_t row) {
   return __builtin_shufflevector(north, south, 0, 1, 2, 3);
 }
 
+// Whether a kernel sampling scalar_t with kTaps taps has tap-vector loops (the element type
+// must be the compute type); a call takes them when its input rows are contiguous.
+template <int kTaps, typename scalar_t>
+constexpr bool kHasTapVectors = kTaps == 4 && std::is_same_v<scalar_t, at::opmath_type<scalar_t>>;
+
 // One output row of a block of channels: a weighted gather of each pixel's taps, pixel by
-// pixel with the channels innermost; kTapPairs: see load_taps.
+// pixel with the channels innermost; kTapPairs: see TapVectors.
 template <int kTaps, bool kTapPairs, typename T, typename scalar_t>
 void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __restrict src,
                 int64_t src_sc, TapDeltas delta, scalar_t* __restrict dst, int64_t dst_sc,
@@ -230,7 +235,6 @@ void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __rest
       continue;
     }
     const Bilinear<T, int32_t> stencil = r.stencil(w);
-    const T w00 = stencil.w00(), w01 = stencil.w01(), w10 = stencil.w10(), w11 = stencil.w11();
     if constexpr (kTapPairs) {
       if (inside == kAllTaps) {
         // Both columns blended across the rows at once, then the columns: 6 flops, not 8, and
@@ -243,6 +247,7 @@ void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __rest
         continue;
       }
     }
+    const T w00 = stencil.w00(), w01 = stencil.w01(), w10 = stencil.w10(), w11 = stencil.w11();
     if (inside == kAllTaps) {  // the common case: no tap in the padding
       for (int64_t c = 0; c < channels; ++c) {
         const scalar_t* sc = s + c * src_sc;
@@ -276,7 +281,6 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
   const std::vector<T> base_x = base_coords<T>(out.w, align_corners);
   const TapDeltas delta(in);
   const int64_t block = channel_block(in);
-  constexpr bool kTapPairsPossible = kTaps == 4 && std::is_same_v<scalar_t, T>;
   // Enough rows per task to amortise scheduling on small images.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out.w * out.c));
 
@@ -291,7 +295,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
         const int64_t channels = std::min(block, out.c - c);
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
         scalar_t* dst = out_ptr + n * out.sn + c * out.sc + h * out.sh;
-        if constexpr (kTapPairsPossible) {
+        if constexpr (kHasTapVectors<kTaps, scalar_t>) {
           if (in.sw == 1) {
             gather_row<kTaps, true>(row, channels, src, in.sc, delta, dst, out.sc, out.sw);
             continue;
@@ -330,7 +334,7 @@ struct BlockPlanes {
 // order). Templated on which gradients are wanted so the loops have no loop-invariant branches,
 // and on whether grad_input's planes have input's strides (kSameLayout, the usual case): then
 // one set of tap offsets serves both, which frees the registers the channel loop needs.
-// kTapPairs (see load_taps; implies kSameLayout or no grad_input) takes the input taps of a
+// kTapPairs (see TapVectors; implies kSameLayout or no grad_input) takes the input taps of a
 // pixel with no tap in the padding as one vector.
 template <bool kGradInput, bool kGradTheta, int kTaps, bool kSameLayout, bool kTapPairs, typename T,
           typename scalar_t, typename grad_in_t>
@@ -474,7 +478,6 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
   const int64_t block = channel_block(in);
   // grad_input takes input's memory format, so this holds unless input has unusual strides.
   const bool same_layout = kGradInput && gin.sc == in.sc && gin.sh == in.sh && gin.sw == in.sw;
-  constexpr bool kTapPairsPossible = kTaps == 4 && std::is_same_v<scalar_t, T>;
   const bool tap_pairs = in.sw == 1 && (same_layout || !kGradInput);
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
@@ -500,7 +503,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
               std::min(block, c_end - c), in_ptr + n * in.sn + c * in.sc, in.sc,
               gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sc, gout.sw,
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
-          if constexpr (kTapPairsPossible) {
+          if constexpr (kHasTapVectors<kTaps, scalar_t>) {
             if (tap_pairs) {
               backward_row<kGradInput, kGradTheta, kTaps, true, true>(
                   row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
