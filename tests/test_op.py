@@ -155,6 +155,7 @@ def _input_view(kind, base):
         "transposed": lambda b: b.transpose(2, 3),              # base is (N, C, W, H)
         "channels_last_sliced": lambda b: b.permute(0, 3, 1, 2)[:, :C, ::2],  # (N, 2H, W, C+1)
         "batch_broadcast": lambda b: b.expand(N, C, H, W),      # base is (1, C, H, W)
+        "channel_broadcast": lambda b: b.expand(N, C, H, W),    # base is (N, 1, H, W)
         "row_broadcast": lambda b: b.expand(N, C, H, W),        # base is (N, C, 1, W)
     }[kind](base)
 
@@ -162,6 +163,7 @@ def _input_view(kind, base):
 INPUT_BASES = {"contiguous": (N, C, H, W), "channels_last": (N, H, W, C),
                "sliced": (N, C + 2, 2 * H, W + 3), "transposed": (N, C, W, H),
                "channels_last_sliced": (N, 2 * H, W, C + 1), "batch_broadcast": (1, C, H, W),
+               "channel_broadcast": (N, 1, H, W),
                "row_broadcast": (N, C, 1, W)}
 
 

@@ -206,21 +206,28 @@ inline TapRow<T> load_tap_row(const T* p) {
   return taps;
 }
 
-// The taps of a stencil at p, rows `row` apart.
+// The tap differences of bilinear_coord_grad, (v01 - v00, v11 - v10, v10 - v00, v11 - v01),
+// of the tap rows north = (v00, v01) and south = (v10, v11).
 template <typename T>
-inline Taps<T> load_taps(const T* p, int64_t row) {
-  const TapRow<T> north = load_tap_row(p), south = load_tap_row(p + row);
-  return __builtin_shufflevector(north, south, 0, 1, 2, 3);
+inline Taps<T> tap_differences(TapRow<T> north, TapRow<T> south) {
+#if defined(__clang__) || __GNUC__ >= 12
+  const Taps<T> v = __builtin_shufflevector(north, south, 0, 1, 2, 3);
+  return __builtin_shufflevector(v, v, 1, 3, 2, 3) - __builtin_shufflevector(v, v, 0, 2, 0, 1);
+#else  // no __builtin_shufflevector before GCC 12: the same values, built lane by lane (slower)
+  return Taps<T>{north[1] - north[0], south[1] - south[0], south[0] - north[0],
+                 south[1] - north[1]};
+#endif
 }
 
 // Whether a kernel sampling scalar_t with kTaps taps has tap-vector loops (the element type
-// must be the compute type); a call takes them when its input rows are contiguous.
+// must be the compute type). A call takes them when its input rows are contiguous and, in the
+// backward pass, grad_input (if wanted) has the input's strides.
 template <int kTaps, typename scalar_t>
 constexpr bool kHasTapVectors = kTaps == 4 && std::is_same_v<scalar_t, at::opmath_type<scalar_t>>;
 
 // One output row of a block of channels: a weighted gather of each pixel's taps, pixel by
-// pixel with the channels innermost; kTapPairs: see TapVectors.
-template <int kTaps, bool kTapPairs, typename T, typename scalar_t>
+// pixel with the channels innermost; kTapVectors: see TapVectors.
+template <int kTaps, bool kTapVectors, typename T, typename scalar_t>
 void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __restrict src,
                 int64_t src_sc, TapDeltas delta, scalar_t* __restrict dst, int64_t dst_sc,
                 int64_t dst_sw) {
@@ -235,10 +242,10 @@ void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __rest
       continue;
     }
     const Bilinear<T, int32_t> stencil = r.stencil(w);
-    if constexpr (kTapPairs) {
+    if constexpr (kTapVectors) {
       if (inside == kAllTaps) {
-        // Both columns blended across the rows at once, then the columns: 6 flops, not 8, and
-        // no horizontal sum of a 4-vector (measured 3-6% faster than weights * load_taps).
+        // Both columns blended across the rows at once, then the columns: no horizontal sum
+        // of a 4-vector (measured 3-6% faster than the corner weights times all four taps).
         for (int64_t c = 0; c < channels; ++c) {
           const TapRow<T> columns = stencil.north * load_tap_row(s + c * src_sc) +
                                     stencil.south * load_tap_row(s + c * src_sc + delta.sh);
@@ -334,13 +341,15 @@ struct BlockPlanes {
 // order). Templated on which gradients are wanted so the loops have no loop-invariant branches,
 // and on whether grad_input's planes have input's strides (kSameLayout, the usual case): then
 // one set of tap offsets serves both, which frees the registers the channel loop needs.
-// kTapPairs (see TapVectors; implies kSameLayout or no grad_input) takes the input taps of a
+// kTapVectors (see TapVectors; implies kSameLayout or no grad_input) takes the input taps of a
 // pixel with no tap in the padding as one vector.
-template <bool kGradInput, bool kGradTheta, int kTaps, bool kSameLayout, bool kTapPairs, typename T,
-          typename scalar_t, typename grad_in_t>
+template <bool kGradInput, bool kGradTheta, int kTaps, bool kSameLayout, bool kTapVectors,
+          typename T, typename scalar_t, typename grad_in_t>
 void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>& planes,
                   const int64_t* __restrict gin_origin, TapDeltas in_delta,
                   TapDeltas gin_own_delta, T* __restrict g_ix_row, T* __restrict g_iy_row) {
+  static_assert(!kTapVectors || kSameLayout || !kGradInput,
+                "the tap-vector loop addresses grad_input with the input's strides");
   const int64_t channels = planes.channels;
   const TapDeltas gin_delta = kSameLayout ? in_delta : gin_own_delta;
   const int64_t grad_input_sc = kSameLayout ? planes.input_sc : planes.grad_input_sc;
@@ -355,18 +364,16 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
     const scalar_t* s = planes.input + r.origin[w];
     grad_in_t* d =
         kGradInput ? planes.grad_input + (kSameLayout ? r.origin[w] : gin_origin[w]) : nullptr;
-    if constexpr (kTapPairs) {
+    if constexpr (kTapVectors) {
       if (all_inside) {
-        // Sum over the channels of g times (v01 - v00, v11 - v10, v10 - v00, v11 - v01): the
-        // tap differences of bilinear_coord_grad, whose weights are the same for every channel.
+        // Sum over the channels of g times the tap differences, whose weights in
+        // bilinear_coord_grad are the same for every channel: applied once, after the loop.
         Taps<T> diffs = {};
         for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
                      s += planes.input_sc, d += kGradInput ? planes.input_sc : 0) {
           const T g = T(*go);
           if constexpr (kGradTheta) {
-            const Taps<T> v = load_taps(s, in_delta.sh);
-            diffs += g * (__builtin_shufflevector(v, v, 1, 3, 2, 3) -
-                          __builtin_shufflevector(v, v, 0, 2, 0, 1));
+            diffs += g * tap_differences<T>(load_tap_row(s), load_tap_row(s + in_delta.sh));
           }
           if constexpr (kGradInput) {
             for (int k = 0; k < 4; ++k) d[in_delta[k]] += weight[k] * g;
@@ -478,7 +485,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
   const int64_t block = channel_block(in);
   // grad_input takes input's memory format, so this holds unless input has unusual strides.
   const bool same_layout = kGradInput && gin.sc == in.sc && gin.sh == in.sh && gin.sw == in.sw;
-  const bool tap_pairs = in.sw == 1 && (same_layout || !kGradInput);
+  const bool tap_vectors = in.sw == 1 && (same_layout || !kGradInput);
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
     RowSamples<T> row(gout.w);
@@ -504,7 +511,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
               gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sc, gout.sw,
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
           if constexpr (kHasTapVectors<kTaps, scalar_t>) {
-            if (tap_pairs) {
+            if (tap_vectors) {
               backward_row<kGradInput, kGradTheta, kTaps, true, true>(
                   row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
               continue;
