@@ -213,7 +213,7 @@ inline Taps<T> tap_differences(TapRow<T> north, TapRow<T> south) {
 #if defined(__clang__) || __GNUC__ >= 12
   const Taps<T> v = __builtin_shufflevector(north, south, 0, 1, 2, 3);
   return __builtin_shufflevector(v, v, 1, 3, 2, 3) - __builtin_shufflevector(v, v, 0, 2, 0, 1);
-#else  // no __builtin_shufflevector before GCC 12: the same values, built lane by lane (slower)
+#else  // no __builtin_shufflevector before GCC 12: the same values, built lane by lane
   return Taps<T>{north[1] - north[0], south[1] - south[0], south[0] - north[0],
                  south[1] - north[1]};
 #endif
