@@ -341,15 +341,13 @@ struct BlockPlanes {
 // order). Templated on which gradients are wanted so the loops have no loop-invariant branches,
 // and on whether grad_input's planes have input's strides (kSameLayout, the usual case): then
 // one set of tap offsets serves both, which frees the registers the channel loop needs.
-// kTapVectors (see TapVectors; implies kSameLayout or no grad_input) takes the input taps of a
-// pixel with no tap in the padding as one vector.
+// kTapVectors (see TapVectors) takes the input taps of a pixel with no tap in the padding as
+// one vector.
 template <bool kGradInput, bool kGradTheta, int kTaps, bool kSameLayout, bool kTapVectors,
           typename T, typename scalar_t, typename grad_in_t>
 void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>& planes,
                   const int64_t* __restrict gin_origin, TapDeltas in_delta,
                   TapDeltas gin_own_delta, T* __restrict g_ix_row, T* __restrict g_iy_row) {
-  static_assert(!kTapVectors || kSameLayout || !kGradInput,
-                "the tap-vector loop addresses grad_input with the input's strides");
   const int64_t channels = planes.channels;
   const TapDeltas gin_delta = kSameLayout ? in_delta : gin_own_delta;
   const int64_t grad_input_sc = kSameLayout ? planes.input_sc : planes.grad_input_sc;
@@ -370,13 +368,13 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
         // bilinear_coord_grad are the same for every channel: applied once, after the loop.
         Taps<T> diffs = {};
         for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
-                     s += planes.input_sc, d += kGradInput ? planes.input_sc : 0) {
+                     s += planes.input_sc, d += kGradInput ? grad_input_sc : 0) {
           const T g = T(*go);
           if constexpr (kGradTheta) {
             diffs += g * tap_differences<T>(load_tap_row(s), load_tap_row(s + in_delta.sh));
           }
           if constexpr (kGradInput) {
-            for (int k = 0; k < 4; ++k) d[in_delta[k]] += weight[k] * g;
+            for (int k = 0; k < 4; ++k) d[gin_delta[k]] += static_cast<grad_in_t>(weight[k] * g);
           }
         }
         if constexpr (kGradTheta) {
