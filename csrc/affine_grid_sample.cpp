@@ -1,8 +1,5 @@
-// Schema of the stn_ext ops and the checks every device implementation shares.
+// The checks and option parsing every device implementation of the stn_ext ops shares.
 #include "affine_grid_sample.h"
-
-#include <Python.h>
-#include <torch/library.h>
 
 namespace stn_ext {
 
@@ -69,21 +66,4 @@ at::MemoryFormat output_memory_format(const at::Tensor& input) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-TORCH_LIBRARY(stn_ext, m) {
-  m.def(
-      "affine_grid_sample(Tensor input, Tensor theta, SymInt out_h, SymInt out_w, str mode, "
-      "str padding_mode, bool align_corners) -> Tensor");
-  // output_mask says which of (grad_input, grad_theta) to compute; one not asked for comes
-  // back as an empty tensor.
-  m.def(
-      "affine_grid_sample_backward(Tensor grad_output, Tensor input, Tensor theta, str mode, "
-      "str padding_mode, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)");
-}
-
 }  // namespace stn_ext
-
-// Importing stn_ext._C loads this library, which registers the ops above.
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}

@@ -12,6 +12,17 @@
 
 namespace stn_ext {
 
+// The ops' schemas, defined by the stn_ext library (csrc/library.cpp) and, with the same
+// signatures, by the test-only CUDA emulation library (csrc/testing/cuda_emulation.cpp).
+inline constexpr const char* kAffineGridSampleSchema =
+    "affine_grid_sample(Tensor input, Tensor theta, SymInt out_h, SymInt out_w, str mode, "
+    "str padding_mode, bool align_corners) -> Tensor";
+// output_mask says which of (grad_input, grad_theta) to compute; one not asked for comes back
+// as an empty tensor.
+inline constexpr const char* kAffineGridSampleBackwardSchema =
+    "affine_grid_sample_backward(Tensor grad_output, Tensor input, Tensor theta, str mode, "
+    "str padding_mode, bool align_corners, bool[2] output_mask) -> (Tensor, Tensor)";
+
 SampleConfig parse_config(const std::string& mode, const std::string& padding_mode,
                           bool align_corners);
 

@@ -75,15 +75,28 @@ def _check_tensors(input, theta) -> None:
         raise ValueError(f"theta is on {theta.device} but input is on {input.device}")
 
 
-def _check_options(mode, padding_mode, align_corners, backend) -> None:
+def _check_options(mode, padding_mode, align_corners) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if not isinstance(align_corners, bool):
         raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def checked_arguments(input, theta, size, mode, padding_mode,
+                      align_corners) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(input, theta, out_h, out_w) as every backend's op takes them, after autocast; raises a
+    clear error for bad arguments before any kernel runs."""
+    if (isinstance(input, torch.Tensor) and isinstance(theta, torch.Tensor)
+            and input.device.type in AUTOCAST_DEVICE_TYPES
+            and torch.is_autocast_enabled(input.device.type)):
+        # As F.grid_sample under autocast: sample in float32, whatever precision theta came in.
+        input, theta = _float32_if_reduced(input), _float32_if_reduced(theta)
+    _check_tensors(input, theta)
+    _check_options(mode, padding_mode, align_corners)
+    out_h, out_w = _output_size(input, size)
+    return input, theta, out_h, out_w
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
@@ -131,14 +144,10 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor,
         backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda", "triton",
             or "torch" (PyTorch's own two ops, for reference).
     """
-    if (isinstance(input, torch.Tensor) and isinstance(theta, torch.Tensor)
-            and input.device.type in AUTOCAST_DEVICE_TYPES
-            and torch.is_autocast_enabled(input.device.type)):
-        # As F.grid_sample under autocast: sample in float32, whatever precision theta came in.
-        input, theta = _float32_if_reduced(input), _float32_if_reduced(theta)
-    _check_tensors(input, theta)
-    _check_options(mode, padding_mode, align_corners, backend)
-    out_h, out_w = _output_size(input, size)
+    input, theta, out_h, out_w = checked_arguments(input, theta, size, mode, padding_mode,
+                                                   align_corners)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     backend = _resolve_backend(backend, input.device)
     if backend == "torch":
         grid = F.affine_grid(theta, [input.shape[0], input.shape[1], out_h, out_w],

@@ -50,21 +50,21 @@ def _no_double_backward(ctx, *grads):
     raise RuntimeError("stn_ext: double backward (gradients of gradients) is not supported")
 
 
-def register_sampling_op(name: str, python_autograd: bool) -> None:
-    """Fake kernels and autocast for stn_ext::<name> and stn_ext::<name>_backward, and their
-    autograd if ``python_autograd`` (ops defined in Python)."""
-    torch.library.register_fake(f"stn_ext::{name}")(_forward_fake)
-    torch.library.register_fake(f"stn_ext::{name}_backward")(_backward_fake)
+def register_sampling_op(name: str, python_autograd: bool, namespace: str = "stn_ext") -> None:
+    """Fake kernels and autocast for <namespace>::<name> and <namespace>::<name>_backward, and
+    their autograd if ``python_autograd`` (ops whose kernels do not come with it)."""
+    qualname = f"{namespace}::{name}"
+    torch.library.register_fake(qualname)(_forward_fake)
+    torch.library.register_fake(f"{qualname}_backward")(_backward_fake)
     # Like F.grid_sample, run in float32 under autocast (sampling positions need the precision).
     for device_type in AUTOCAST_DEVICE_TYPES:
-        torch.library.register_autocast(f"stn_ext::{name}", device_type, torch.float32)
+        torch.library.register_autocast(qualname, device_type, torch.float32)
     if python_autograd:
-        _register_autograd(name)
+        _register_autograd(qualname, getattr(getattr(torch.ops, namespace), f"{name}_backward"))
 
 
-def _register_autograd(name: str) -> None:
-    """What csrc/autograd/ does for the C++ op, for an op pair defined in Python."""
-    backward_op = getattr(torch.ops.stn_ext, f"{name}_backward")
+def _register_autograd(qualname: str, backward_op) -> None:
+    """What csrc/autograd/ does for the C++ op, for an op pair without C++ autograd."""
 
     def backward(ctx, grad_output):
         input, theta = ctx.saved_tensors
@@ -74,9 +74,9 @@ def _register_autograd(name: str) -> None:
         return (grad_input if need_input else None, grad_theta if need_theta else None,
                 None, None, None, None, None)
 
-    torch.library.register_autograd(f"stn_ext::{name}", backward, setup_context=_setup_context)
+    torch.library.register_autograd(qualname, backward, setup_context=_setup_context)
     # Without this, a double backward would silently see zero gradients.
-    torch.library.register_autograd(f"stn_ext::{name}_backward", _no_double_backward)
+    torch.library.register_autograd(f"{qualname}_backward", _no_double_backward)
 
 
 register_sampling_op("affine_grid_sample", python_autograd=False)

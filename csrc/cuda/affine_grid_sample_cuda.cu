@@ -1,27 +1,31 @@
 // CUDA kernels of stn_ext::affine_grid_sample: one thread per output pixel, looping channels.
-// The forward pass is a pure gather. The backward pass scatters grad_input with atomics (not
-// deterministic: it reports so through at::globalContext().alertNotDeterministic) and reduces
-// grad_theta per block into fixed-order partials (deterministic).
+// The forward pass is a pure gather. The backward pass reduces grad_theta per block into
+// fixed-order partials (deterministic), and gets grad_input one of two ways:
+// - atomics (fast, not deterministic: it reports so through alertNotDeterministic), or, under
+//   torch.use_deterministic_algorithms(True),
+// - tap records sorted by destination: the backward kernel writes each tap's (input pixel,
+//   weight) instead of adding it, a stable sort groups the records by input pixel, and a gather
+//   kernel sums each input pixel's records in that fixed order, writing grad_input once, in its
+//   final dtype. Correct for every theta and padding (singular maps and folds included).
+// Kernels are launched through launch_kernel (launch.cuh), which the test-only emulation build
+// runs on the host.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <limits>
 #include <tuple>
 
 #include "../affine_grid_sample.h"
+#include "launch.cuh"
 
 namespace stn_ext {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kMaxGridY = 65535;
+constexpr int kMaxTaps = 4;
 
 // Sizes and element strides of a 4-D tensor, in the kernel's index type.
 template <typename index_t>
@@ -42,44 +46,61 @@ struct ThetaStrides {
   int64_t n, row, col;
 };
 
-// The taps of one sample: up to four (offset into the image, weight) pairs, those outside the
-// image marked invalid, and the bilinear neighbourhood (for the theta gradient).
+// The taps of one sample: `count` (1 for nearest, 4 for bilinear) (offset into the image,
+// weight) pairs, those outside the image marked invalid, the tap's pixel index y * W + x within
+// its plane, and the bilinear neighbourhood (for the theta gradient). An undefined sample (a
+// non-finite coordinate, see is_undefined) has no valid tap.
 template <typename T, typename index_t>
 struct DeviceTaps {
-  index_t offset[4];
-  T weight[4];
-  bool valid[4];
+  int count;
+  bool undefined;
+  index_t offset[kMaxTaps];
+  int64_t pixel[kMaxTaps];
+  T weight[kMaxTaps];
+  bool valid[kMaxTaps];
   Bilinear<T> stencil;
+
+  __device__ bool any_valid() const {
+    bool any = false;
+#pragma unroll
+    for (int k = 0; k < kMaxTaps; ++k) any |= valid[k];
+    return any;
+  }
 };
 
 template <typename T, typename index_t>
 __device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const SampleConfig& cfg,
                                                  const Geometry<index_t>& g) {
   DeviceTaps<T, index_t> t;
+  t.count = cfg.mode == Interpolation::Nearest ? 1 : 4;
+  t.undefined = is_undefined(p.ix, p.iy);
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < kMaxTaps; ++k) {
     t.valid[k] = false;
     t.offset[k] = 0;
+    t.pixel[k] = 0;
     t.weight[k] = T(0);
   }
   t.stencil = {0, 0, T(0), T(0), T(0), T(0)};
-  if (is_far_outside(p, g.h, g.w)) return t;
-  if (cfg.mode == Interpolation::Nearest) {
-    const int64_t x = nearest_index(p.ix), y = nearest_index(p.iy);
-    t.valid[0] = in_bounds<int64_t>(x, y, g.h, g.w);
-    t.offset[0] = t.valid[0] ? static_cast<index_t>(y * g.sh + x * g.sw) : 0;
-    t.weight[0] = T(1);
-    return t;
-  }
-  t.stencil = Bilinear<T>::at(p.ix, p.iy);
-  const Bilinear<T>& b = t.stencil;
-  const T ws[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const int64_t x = b.x0 + k % 2, y = b.y0 + k / 2;
+  if (t.undefined || is_far_outside(p, g.h, g.w)) return t;
+  auto set_tap = [&](int k, int64_t x, int64_t y, T weight) {
     t.valid[k] = in_bounds<int64_t>(x, y, g.h, g.w);
     t.offset[k] = t.valid[k] ? static_cast<index_t>(y * g.sh + x * g.sw) : 0;
-    t.weight[k] = ws[k];
+    t.pixel[k] = t.valid[k] ? y * g.w + x : 0;
+    t.weight[k] = weight;
+  };
+  switch (cfg.mode) {
+    case Interpolation::Nearest:
+      set_tap(0, nearest_index(p.ix), nearest_index(p.iy), T(1));
+      return t;
+    case Interpolation::Bilinear: {
+      t.stencil = Bilinear<T>::at(p.ix, p.iy);
+      const Bilinear<T>& b = t.stencil;
+      const T ws[4] = {b.w00(), b.w01(), b.w10(), b.w11()};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) set_tap(k, b.x0 + k % 2, b.y0 + k / 2, ws[k]);
+      return t;
+    }
   }
   return t;
 }
@@ -92,6 +113,11 @@ __device__ inline SourcePoint<T> source_point_of(const Affine<T>& a, int64_t h, 
   *base_x = base_coord<T>(w, out_w, cfg.align_corners);
   *base_y = base_coord<T>(h, out_h, cfg.align_corners);
   return source_point(a, *base_x, *base_y, in_h, in_w, cfg);
+}
+
+template <typename T>
+__device__ inline T quiet_nan() {
+  return std::numeric_limits<T>::quiet_NaN();
 }
 
 template <typename scalar_t, typename index_t>
@@ -112,12 +138,12 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* src = input + n * in.sn;
     scalar_t* dst = output + n * out.sn + h * out.sh + w * out.sw;
     for (index_t c = 0; c < in.c; ++c) {
-      T acc = T(0);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (t.valid[k]) acc += t.weight[k] * T(src[t.offset[k]]);
+      // The first tap's term starts the sum (no 0 + ...), so that nearest copies -0.0 exactly.
+      T acc = t.valid[0] ? t.weight[0] * T(src[t.offset[0]]) : T(0);
+      for (int k = 1; k < t.count; ++k) {
+        acc += t.valid[k] ? t.weight[k] * T(src[t.offset[k]]) : T(0);
       }
-      dst[c * out.sc] = static_cast<scalar_t>(acc);
+      dst[c * out.sc] = static_cast<scalar_t>(t.undefined ? quiet_nan<T>() : acc);
       src += in.sc;
     }
   }
@@ -148,18 +174,30 @@ __device__ inline void block_sum6(T (&v)[6]) {
   __syncthreads();  // warp_sums is reused by the next image of a grid-stride loop
 }
 
-// grad_in_t is scalar_t, or float for reduced-precision inputs (atomics on a float buffer are
-// both faster and more accurate than on half); the host casts it back.
-template <typename scalar_t, typename grad_in_t, typename index_t>
+// Where the backward kernel puts grad_input's contributions: added atomically into
+// `atomic_sum` (an opmath-typed tensor of grad_input's layout), or, for the deterministic path,
+// written as records: tap k of output pixel p of image n is record (n * Ho * Wo + p) * 4 + k,
+// with key n * H * W + (the tap's pixel), or the key N * H * W (sorted last) for no tap.
+template <typename T>
+struct InputGradSink {
+  T* atomic_sum;
+  int64_t* record_key;
+  T* record_weight;
+};
+
+// grad_in_t is the opmath type (atomics on a float buffer are both faster and more accurate
+// than on half); the host casts it back.
+template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
                     const scalar_t* __restrict__ input, Geometry<index_t> in,
                     const scalar_t* __restrict__ theta, ThetaStrides ts,
-                    grad_in_t* __restrict__ grad_input, Geometry<index_t> gin,
+                    InputGradSink<at::opmath_type<scalar_t>> sink, Geometry<index_t> gin,
                     at::opmath_type<scalar_t>* __restrict__ theta_partials, SampleConfig cfg) {
   using T = at::opmath_type<scalar_t>;
   const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const bool active = pixel < static_cast<int64_t>(gout.h) * gout.w;
+  const int64_t pixels = static_cast<int64_t>(gout.h) * gout.w;
+  const bool active = pixel < pixels;
   const index_t h = active ? static_cast<index_t>(pixel / gout.w) : 0;
   const index_t w = active ? static_cast<index_t>(pixel % gout.w) : 0;
   const bool want_theta = theta_partials != nullptr && cfg.mode == Interpolation::Bilinear;
@@ -172,20 +210,29 @@ __global__ void __launch_bounds__(kThreads)
       const SourcePoint<T> p =
           source_point_of(a, h, w, gout.h, gout.w, in.h, in.w, cfg, &base_x, &base_y);
       const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
-      DeviceTaps<T, index_t> gt = t;  // the same taps at grad_input's strides
-      if (grad_input != nullptr) gt = taps_of(p, cfg, gin);
+      if (sink.record_key != nullptr) {
+        const int64_t first = (n * pixels + pixel) * kMaxTaps;
+        const int64_t plane = static_cast<int64_t>(in.h) * in.w;
+#pragma unroll
+        for (int k = 0; k < kMaxTaps; ++k) {
+          sink.record_key[first + k] = t.valid[k] ? n * plane + t.pixel[k] : gout.n * plane;
+          sink.record_weight[first + k] = t.weight[k];
+        }
+      }
+      const DeviceTaps<T, index_t> gt =  // the same taps at grad_input's strides
+          sink.atomic_sum != nullptr ? taps_of(p, cfg, gin) : t;
       const scalar_t* go = grad_output + n * gout.sn + h * gout.sh + w * gout.sw;
       const scalar_t* src = input + n * in.sn;
-      grad_in_t* dst = grad_input == nullptr ? nullptr : grad_input + n * gin.sn;
+      T* dst = sink.atomic_sum == nullptr ? nullptr : sink.atomic_sum + n * gin.sn;
+      // A point with no tap in the image adds nothing, even where grad_output is not finite
+      // (ATen skips such taps too); an undefined point makes theta's gradient NaN.
+      const bool contributes = t.any_valid();
       T g_ix = T(0), g_iy = T(0);
-      for (index_t c = 0; c < gout.c; ++c) {
+      for (index_t c = 0; contributes && c < gout.c; ++c) {
         const T g = T(go[c * gout.sc]);
         if (dst != nullptr) {
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            if (gt.valid[k]) {
-              gpuAtomicAdd(dst + c * gin.sc + gt.offset[k], static_cast<grad_in_t>(gt.weight[k] * g));
-            }
+          for (int k = 0; k < t.count; ++k) {
+            if (gt.valid[k]) gpuAtomicAdd(dst + c * gin.sc + gt.offset[k], gt.weight[k] * g);
           }
         }
         if (want_theta) {
@@ -198,9 +245,13 @@ __global__ void __launch_bounds__(kThreads)
           g_iy += g * d_iy;
         }
       }
-      if (want_theta) {
+      if (want_theta && (contributes || t.undefined)) {
         ThetaGrad<T> acc{};
-        acc.add(g_ix * p.dix, g_iy * p.diy, base_x, base_y);
+        if (t.undefined) {
+          acc.add(quiet_nan<T>(), quiet_nan<T>(), base_x, base_y);
+        } else {
+          acc.add(g_ix * p.dix, g_iy * p.diy, base_x, base_y);
+        }
 #pragma unroll
         for (int k = 0; k < 6; ++k) tg[k] = acc.g[k];
       }
@@ -216,21 +267,57 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Whether every element offset of these tensors fits the 32-bit index type.
-bool fits_int32(std::initializer_list<at::Tensor> tensors) {
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  for (const at::Tensor& t : tensors) {
-    if (!t.defined() || t.numel() == 0) continue;
-    int64_t max_offset = 0;
-    for (int64_t d = 0; d < t.dim(); ++d) max_offset += (t.size(d) - 1) * t.stride(d);
-    if (t.numel() > kMax || max_offset > kMax) return false;
+// grad_input from the tap records of backward_kernel, sorted by key (stably, so records of one
+// input pixel stay in record order): one thread per input pixel sums its run of records, channel
+// by channel, and writes the result once.
+template <typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    gather_input_grad_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
+                             const int64_t* __restrict__ sorted_key,
+                             const int64_t* __restrict__ record_of,
+                             const at::opmath_type<scalar_t>* __restrict__ record_weight,
+                             int64_t records, scalar_t* __restrict__ grad_input,
+                             Geometry<index_t> gin) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t plane = static_cast<int64_t>(gin.h) * gin.w;
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (pixel >= plane) return;
+  const index_t y = static_cast<index_t>(pixel / gin.w), x = static_cast<index_t>(pixel % gin.w);
+  const int64_t out_pixels = static_cast<int64_t>(gout.h) * gout.w;
+  auto lower_bound = [&](int64_t key) {
+    int64_t lo = 0, hi = records;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (sorted_key[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  };
+  for (int64_t n = blockIdx.y; n < gin.n; n += gridDim.y) {
+    const int64_t key = n * plane + pixel;
+    const int64_t first = lower_bound(key), last = lower_bound(key + 1);
+    scalar_t* dst = grad_input + n * gin.sn + y * gin.sh + x * gin.sw;
+    const scalar_t* go = grad_output + n * gout.sn;
+    for (index_t c = 0; c < gin.c; ++c) {
+      T acc = T(0);
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t record = record_of[r];
+        const int64_t out_pixel = record / kMaxTaps - n * out_pixels;
+        const index_t oh = static_cast<index_t>(out_pixel / gout.w);
+        const index_t ow = static_cast<index_t>(out_pixel % gout.w);
+        acc += record_weight[record] * T(go[c * gout.sc + oh * gout.sh + ow * gout.sw]);
+      }
+      dst[c * gin.sc] = static_cast<scalar_t>(acc);
+    }
   }
-  return true;
 }
 
 dim3 grid_for(int64_t pixels, int64_t batch) {
-  return dim3(static_cast<unsigned>((pixels + kThreads - 1) / kThreads),
-              static_cast<unsigned>(std::min(batch, kMaxGridY)));
+  const int64_t blocks = (pixels + kThreads - 1) / kThreads;
+  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(),
+                    "stn_ext: the CUDA kernels take up to ",
+                    int64_t{std::numeric_limits<int32_t>::max()} * kThreads,
+                    " pixels per image, got ", pixels);
+  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(std::min(batch, max_grid_dim_y())));
 }
 
 ThetaStrides strides_of_theta(const at::Tensor& theta) {
@@ -252,11 +339,10 @@ at::Tensor affine_grid_sample_cuda(const at::Tensor& input, const at::Tensor& th
       at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_cuda", [&] {
         auto launch = [&](auto index_zero) {
           using index_t = decltype(index_zero);
-          forward_kernel<scalar_t, index_t><<<grid, kThreads, 0, stream>>>(
-              input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
-              theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
-              output.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(output), cfg);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_kernel(forward_kernel<scalar_t, index_t>, grid, kThreads, stream,
+                        input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
+                        theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
+                        output.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(output), cfg);
         };
         if (fits_int32({input, output})) launch(int32_t{0}); else launch(int64_t{0});
       });
@@ -269,58 +355,86 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
     std::array<bool, 2> output_mask) {
   check_backward_args(grad_output, input, theta);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
-  if (output_mask[0]) {
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::ScalarType opmath = at::toOpMathType(input.scalar_type());
+  const at::MemoryFormat layout = output_memory_format(input);
+  const int64_t pixels = grad_output.size(2) * grad_output.size(3);
+  const int64_t batch = input.size(0);
+
+  // Nothing to sample (no image, channel or output pixel): both gradients are zero.
+  if (pixels == 0 || batch == 0 || input.size(1) == 0) {
+    return {output_mask[0] ? at::zeros_like(input, layout) : at::empty({0}, input.options()),
+            output_mask[1] ? at::zeros({batch, 2, 3}, theta.options())
+                           : at::empty({0}, theta.options())};
+  }
+
+  const bool atomic_input_grad = output_mask[0] && !deterministic;
+  const bool recorded_input_grad = output_mask[0] && deterministic;
+  if (atomic_input_grad) {
     at::globalContext().alertNotDeterministic(
         "stn_ext::affine_grid_sample_backward (CUDA, gradient of input)");
   }
-  const c10::cuda::CUDAGuard guard(input.device());
-  const at::ScalarType opmath = at::toOpMathType(input.scalar_type());
-
-  at::Tensor grad_input_acc = output_mask[0]
-      ? at::zeros_like(input, input.options().dtype(opmath), output_memory_format(input))
-      : at::Tensor();
-  const int64_t pixels = grad_output.size(2) * grad_output.size(3);
-  const dim3 grid = grid_for(pixels, input.size(0));
+  at::Tensor atomic_sum = atomic_input_grad
+      ? at::zeros_like(input, input.options().dtype(opmath), layout) : at::Tensor();
+  at::Tensor record_key = recorded_input_grad
+      ? at::empty({batch * pixels * kMaxTaps}, input.options().dtype(at::kLong)) : at::Tensor();
+  at::Tensor record_weight = recorded_input_grad
+      ? at::empty({batch * pixels * kMaxTaps}, input.options().dtype(opmath)) : at::Tensor();
+  const dim3 grid = grid_for(pixels, batch);
   at::Tensor partials = output_mask[1]
-      ? at::zeros({input.size(0), static_cast<int64_t>(grid.x), 6}, input.options().dtype(opmath))
+      ? at::empty({batch, static_cast<int64_t>(grid.x), 6}, input.options().dtype(opmath))
       : at::Tensor();
+  at::Tensor grad_input;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  if (pixels > 0 && input.size(0) > 0 && input.size(1) > 0) {
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
-          using T = at::opmath_type<scalar_t>;
-          using grad_in_t = T;  // float for float, half and bfloat16; double for double
-          auto launch = [&](auto index_zero) {
-            using index_t = decltype(index_zero);
-            const at::Tensor& gin_geom = output_mask[0] ? grad_input_acc : input;
-            backward_kernel<scalar_t, grad_in_t, index_t><<<grid, kThreads, 0, stream>>>(
-                grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
-                input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
-                theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
-                output_mask[0] ? grad_input_acc.mutable_data_ptr<grad_in_t>() : nullptr,
-                geometry_of<index_t>(gin_geom),
-                output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr, cfg);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          };
-          if (fits_int32({grad_output, input, grad_input_acc})) launch(int32_t{0});
-          else launch(int64_t{0});
-        });
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
+        using T = at::opmath_type<scalar_t>;
+        auto launch = [&](auto index_zero) {
+          using index_t = decltype(index_zero);
+          const InputGradSink<T> sink{
+              atomic_input_grad ? atomic_sum.mutable_data_ptr<T>() : nullptr,
+              recorded_input_grad ? record_key.mutable_data_ptr<int64_t>() : nullptr,
+              recorded_input_grad ? record_weight.mutable_data_ptr<T>() : nullptr};
+          launch_kernel(backward_kernel<scalar_t, index_t>, grid, kThreads, stream,
+                        grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
+                        input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
+                        theta.const_data_ptr<scalar_t>(), strides_of_theta(theta), sink,
+                        geometry_of<index_t>(atomic_input_grad ? atomic_sum : input),
+                        output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr, cfg);
+          if (!recorded_input_grad) return;
+          // Stable: the records of one input pixel keep their order, whatever the sort does.
+          const auto [sorted_key, record_of] =
+              record_key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+          grad_input = at::empty_like(input, layout);
+          launch_kernel(gather_input_grad_kernel<scalar_t, index_t>,
+                        grid_for(input.size(2) * input.size(3), batch), kThreads, stream,
+                        grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
+                        sorted_key.const_data_ptr<int64_t>(), record_of.const_data_ptr<int64_t>(),
+                        record_weight.const_data_ptr<T>(), record_key.numel(),
+                        grad_input.mutable_data_ptr<scalar_t>(),
+                        geometry_of<index_t>(grad_input));
+        };
+        if (fits_int32({grad_output, input, atomic_sum})) launch(int32_t{0});
+        else launch(int64_t{0});
+      });
 
-  at::Tensor grad_input = output_mask[0] ? grad_input_acc.to(input.scalar_type())  // no copy
-                                         : at::empty({0}, input.options());    // when already so
+  if (atomic_input_grad) grad_input = atomic_sum.to(input.scalar_type());  // no copy if equal
+  if (!output_mask[0]) grad_input = at::empty({0}, input.options());
   at::Tensor grad_theta = output_mask[1]
-      ? partials.sum(1).view({input.size(0), 2, 3}).to(theta.scalar_type())
+      ? partials.sum(1).view({batch, 2, 3}).to(theta.scalar_type())
       : at::empty({0}, theta.options());
   return {grad_input, grad_theta};
 }
 
 }  // namespace
 
+#ifndef STN_EXT_CUDA_EMULATION  // the emulation library registers these kernels as its own ops
 TORCH_LIBRARY_IMPL(stn_ext, CUDA, m) {
   m.impl("affine_grid_sample", &affine_grid_sample_cuda);
   m.impl("affine_grid_sample_backward", &affine_grid_sample_backward_cuda);
 }
+#endif
 
 }  // namespace stn_ext
