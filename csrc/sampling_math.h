@@ -158,6 +158,15 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE SourcePoint<T> source_point(const Affine<T>& a
   return p;
 }
 
+// A source point with a non-finite padded coordinate (NaN, or an infinity that padding did not
+// clip) is undefined: its output is NaN in every channel, it adds nothing to the input's
+// gradient and NaN to theta's (PyTorch's bilinear zeros-padding semantics, for every mode and
+// padding). x - x is 0 for finite x and NaN otherwise: a select-friendly isfinite.
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE bool is_undefined(T ix, T iy) {
+  return !((ix - ix == T(0)) & (iy - iy == T(0)));
+}
+
 // A source point far outside (or non-finite) reads only zero padding. Checked in floating point
 // before any conversion to integers, so no coordinate can overflow an index.
 template <typename T>
