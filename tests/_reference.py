@@ -2,6 +2,7 @@
 
 Imported by the test modules (pytest puts tests/ on sys.path); fixtures live in conftest.py.
 """
+import contextlib
 import itertools
 import math
 import warnings
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import stn_ext
+from stn_ext.testing import cuda_emulation
 
 MODES = ("bilinear", "nearest")
 PADDING_MODES = ("zeros", "border", "reflection")
@@ -24,8 +26,45 @@ REDUCED = (torch.float16, torch.bfloat16)
 
 
 class Backend(NamedTuple):
-    name: str    # the `backend=` argument of stn_ext.affine_grid_sample
+    """One implementation of the op under test: a `backend=` of stn_ext.affine_grid_sample, or
+    "cuda-emulated" (the CUDA kernels run on the CPU, stn_ext.testing.cuda_emulation)."""
+    name: str
     device: str  # where its tensors live
+
+    @property
+    def emulated(self) -> bool:
+        return self.name == "cuda-emulated"
+
+    @property
+    def slow(self) -> bool:
+        """Emulated or interpreted (Triton on CPU tensors): such backends run a reduced matrix
+        (see conftest.py)."""
+        return self.emulated or (self.name == "triton" and self.device == "cpu")
+
+    def sample(self, input, theta, size=None, **config) -> torch.Tensor:
+        """The public op of this backend."""
+        if self.emulated:
+            return cuda_emulation.affine_grid_sample(input, theta, size, **config)
+        return stn_ext.affine_grid_sample(input, theta, size, backend=self.name, **config)
+
+    @property
+    def forward_op(self):
+        """The registered forward op of this backend (schema of stn_ext::affine_grid_sample)."""
+        return self._ops()[0]
+
+    @property
+    def backward_op(self):
+        """The registered backward op (schema of stn_ext::affine_grid_sample_backward)."""
+        return self._ops()[1]
+
+    def _ops(self):
+        if self.emulated:
+            return cuda_emulation.forward_op(), cuda_emulation.backward_op()
+        prefix = "triton_" if self.name == "triton" else ""
+        if prefix:
+            import stn_ext.triton_kernels  # noqa: F401  (registers the Triton ops)
+        return (getattr(torch.ops.stn_ext, f"{prefix}affine_grid_sample").default,
+                getattr(torch.ops.stn_ext, f"{prefix}affine_grid_sample_backward").default)
 
 
 class Tol(NamedTuple):
@@ -98,10 +137,10 @@ def max_abs(t: torch.Tensor) -> float:
 
 
 def assert_same_run(got: torch.Tensor, want: torch.Tensor, backend: Backend, what: str = ""):
-    """Two runs of the same kernels on the same values: identical bits on CPU (deterministic by
-    design); on CUDA the input gradient is accumulated with atomics in any order, so there
-    only rounding may differ."""
-    if backend.device == "cpu":
+    """Two runs of the same kernels on the same values: identical bits for the CPU kernels
+    (deterministic by design); the CUDA and Triton kernels accumulate the input gradient with
+    atomics in any order, so there only rounding may differ."""
+    if backend.name == "cpu":
         assert torch.equal(got, want), f"{what}: not bitwise identical"
     else:
         assert_close(got, want, got.dtype, what, scale=max_abs(want))
@@ -165,8 +204,20 @@ def random_input(shape, *, seed: int, dtype=torch.float64, device="cpu") -> torc
     return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
 
 
+@contextlib.contextmanager
+def deterministic_mode():
+    """torch.use_deterministic_algorithms(True) within the block, then what it was."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
 def run(backend: Backend, input, theta, size=None, **config) -> torch.Tensor:
-    return stn_ext.affine_grid_sample(input, theta, size, backend=backend.name, **config)
+    return backend.sample(input, theta, size, **config)
 
 
 def grads(fn, input, theta, grad_output):

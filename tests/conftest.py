@@ -1,20 +1,83 @@
-"""Fixtures shared by the stn_ext tests; plain helpers are in tests/_reference.py."""
+"""Fixtures shared by the stn_ext tests; plain helpers are in tests/_reference.py.
+
+The `backend` fixture is the one test matrix: every test that takes it runs on each
+implementation of the op. Emulated and interpreted backends are ~100x slower than compiled ones,
+so they run a reduced matrix (pytest_collection_modifyitems below), chosen so that every mode,
+padding, align_corners, dtype and shape class is still met.
+"""
+import os
+
 import pytest
 import torch
 
-from _reference import Backend
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # Triton picks interpreted or compiled kernels when its decorators run, so this must precede
+    # any import of stn_ext.triton_kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Backends whose parity/gradient matrix runs here. "triton" has its own module
-# (tests/test_triton.py); "torch" is the reference itself. The CUDA tests skip only when there is
-# no GPU: on a GPU machine an extension built without its CUDA kernels must fail, not skip.
+from _reference import CONFIG_IDS, CONFIGS, SHAPES, Backend  # noqa: E402
+
+
+def _triton_param():
+    try:
+        import stn_ext.triton_kernels as triton_kernels
+    except ImportError as error:
+        return pytest.param(None, id="triton", marks=pytest.mark.skip(reason=f"no Triton: {error}"))
+    if HAS_CUDA:
+        return pytest.param(Backend("triton", "cuda"), id="triton", marks=pytest.mark.cuda)
+    skip = pytest.mark.skipif(not triton_kernels.INTERPRETED, reason=(
+        "stn_ext.triton_kernels was imported before TRITON_INTERPRET=1 was set"))
+    return pytest.param(Backend("triton", "cpu"), id="triton-interpreted", marks=skip)
+
+
+# The CUDA tests skip only when there is no GPU: on a GPU machine an extension built without its
+# CUDA kernels must fail, not skip.
 BACKENDS = [
     pytest.param(Backend("cpu", "cpu"), id="cpu"),
     pytest.param(Backend("cuda", "cuda"), id="cuda", marks=pytest.mark.cuda),
+    pytest.param(Backend("cuda-emulated", "cpu"), id="cuda-emulated"),
+    _triton_param(),
 ]
+
+# The reduced matrix of slow backends: a test case runs there if each of its parameters below
+# takes one of the listed values (parameters not listed take any value), or if its shape is
+# FULL_MATRIX_SHAPE, on which every config and dtype runs.
+FULL_MATRIX_SHAPE = SHAPES["up-nonsquare"]
+SLOW_BACKEND_VALUES = {
+    # bilinear zeros, bilinear reflection with align_corners, nearest border
+    "config": {"bilinear-zeros-noac", "bilinear-reflection-ac", "nearest-border-noac"},
+    "dtype": {torch.float64, torch.float32},
+}
+
+
+def _in_reduced_matrix(item) -> bool:
+    params = getattr(item, "callspec", None)
+    params = params.params if params else {}
+    if (params.get("shape"), params.get("size")) == FULL_MATRIX_SHAPE:
+        return True
+    for name, values in SLOW_BACKEND_VALUES.items():
+        if name not in params:
+            continue
+        value = CONFIG_IDS[CONFIGS.index(params[name])] if name == "config" else params[name]
+        if value not in values:
+            return False
+    return True
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    kept, deselected = [], []
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        backend = params.get("backend")
+        if isinstance(backend, Backend) and backend.slow and not _in_reduced_matrix(item):
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+    if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
@@ -34,12 +97,3 @@ def num_threads():
     yield
     torch.set_num_threads(before)
 
-
-@pytest.fixture
-def deterministic_algorithms():
-    """Turns torch.use_deterministic_algorithms on for one test, then back to what it was."""
-    before = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before, warn_only=warn_only)

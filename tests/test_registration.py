@@ -9,8 +9,6 @@ from _reference import (CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_close, asse
                         expected_memory_format, grads, make_case, max_abs, random_input,
                         reference, run, seed_of)
 
-FORWARD = torch.ops.stn_ext.affine_grid_sample.default
-BACKWARD = torch.ops.stn_ext.affine_grid_sample_backward.default
 SHAPE, SIZE = (2, 3, 5, 6), (4, 7)
 
 
@@ -35,7 +33,7 @@ OPCHECK_CASES = [
 @pytest.mark.parametrize("dtype,layout,config", OPCHECK_CASES)
 def test_opcheck_forward(backend, dtype, layout, config):
     x, theta = _args(backend, dtype, layout, config)
-    torch.library.opcheck(FORWARD, (x, theta, *SIZE, *config.values()))
+    torch.library.opcheck(backend.forward_op, (x, theta, *SIZE, *config.values()))
 
 
 @pytest.mark.parametrize("mask", [[True, True], [True, False], [False, True]],
@@ -44,7 +42,7 @@ def test_opcheck_forward(backend, dtype, layout, config):
 def test_opcheck_backward(backend, dtype, layout, config, mask):
     x, theta = _args(backend, dtype, layout, config, requires_grad=False)
     grad_output = random_input((*SHAPE[:2], *SIZE), seed=5, dtype=dtype, device=backend.device)
-    torch.library.opcheck(BACKWARD, (grad_output, x, theta, *config.values(), mask))
+    torch.library.opcheck(backend.backward_op, (grad_output, x, theta, *config.values(), mask))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -56,8 +54,8 @@ def test_backward_output_mask(backend, mask, layout):
     config = CONFIGS[2]
     x, theta = _args(backend, torch.float64, layout, config, requires_grad=False)
     grad_output = random_input((*SHAPE[:2], *SIZE), seed=5, device=backend.device)
-    full = BACKWARD(grad_output, x, theta, *config.values(), [True, True])
-    got = BACKWARD(grad_output, x, theta, *config.values(), mask)
+    full = backend.backward_op(grad_output, x, theta, *config.values(), [True, True])
+    got = backend.backward_op(grad_output, x, theta, *config.values(), mask)
     for wanted, g, f in zip(mask, got, full):
         if wanted:
             assert_same_run(g, f, backend)
@@ -71,18 +69,18 @@ def test_backward_output_mask(backend, mask, layout):
 
 # --- torch.compile -----------------------------------------------------------------------------
 
-def _stn_step(x, theta, delta, size, config):
+def _stn_step(backend, x, theta, delta, size, config):
     """A small STN-like step: theta from a parameter, the fused op, a loss."""
-    out = stn_ext.affine_grid_sample(x * 2, theta + delta, size, **config)
+    out = backend.sample(x * 2, theta + delta, size, **config)
     return (out.sin() * out).sum()
 
 
 def _compare_compiled(compiled, x, theta, delta, size, config, backend, exact):
     leaves = [t.detach().requires_grad_() for t in (x, theta, delta)]
-    eager_loss = _stn_step(*leaves, size, config)
+    eager_loss = _stn_step(backend, *leaves, size, config)
     eager_grads = torch.autograd.grad(eager_loss, leaves)
     leaves = [t.detach().requires_grad_() for t in (x, theta, delta)]
-    loss = compiled(*leaves, size, config)
+    loss = compiled(backend, *leaves, size, config)
     got_grads = torch.autograd.grad(loss, leaves)
     for what, got, want in zip(("loss", "grad x", "grad theta", "grad delta"),
                                (loss, *got_grads), (eager_loss, *eager_grads)):
@@ -134,6 +132,8 @@ def test_compile_inductor(backend, layout):
 # --- autocast ----------------------------------------------------------------------------------
 
 AUTOCAST = [pytest.param(Backend("cpu", "cpu"), torch.bfloat16, id="cpu-bfloat16"),
+            pytest.param(Backend("cuda-emulated", "cpu"), torch.bfloat16,
+                         id="cuda-emulated-bfloat16"),
             pytest.param(Backend("cuda", "cuda"), torch.float16, id="cuda-float16",
                          marks=pytest.mark.cuda)]
 

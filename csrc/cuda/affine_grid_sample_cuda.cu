@@ -1,8 +1,7 @@
 // CUDA kernels of stn_ext::affine_grid_sample: one thread per output pixel, looping channels.
 // The forward pass is a pure gather. The backward pass reduces grad_theta per block into
 // fixed-order partials (deterministic), and gets grad_input one of two ways:
-// - atomics (fast, not deterministic: it reports so through alertNotDeterministic), or, under
-//   torch.use_deterministic_algorithms(True),
+// - atomics (fast, not deterministic), or, under torch.use_deterministic_algorithms(True),
 // - tap records sorted by destination: the backward kernel writes each tap's (input pixel,
 //   weight) instead of adding it, a stable sort groups the records by input pixel, and a gather
 //   kernel sums each input pixel's records in that fixed order, writing grad_input once, in its
@@ -371,10 +370,6 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
 
   const bool atomic_input_grad = output_mask[0] && !deterministic;
   const bool recorded_input_grad = output_mask[0] && deterministic;
-  if (atomic_input_grad) {
-    at::globalContext().alertNotDeterministic(
-        "stn_ext::affine_grid_sample_backward (CUDA, gradient of input)");
-  }
   at::Tensor atomic_sum = atomic_input_grad
       ? at::zeros_like(input, input.options().dtype(opmath), layout) : at::Tensor();
   at::Tensor record_key = recorded_input_grad

@@ -19,7 +19,6 @@ builds it ahead of time. It needs the source tree (csrc/ beside the package), as
 ``pip install -e .``.
 """
 import contextlib
-import functools
 import pathlib
 
 import torch
@@ -34,10 +33,15 @@ SOURCES = [CSRC / "affine_grid_sample.cpp", CSRC / "testing" / "cuda_emulation.c
 CUDA_MAX_GRID_Y = 65535
 
 
-@functools.lru_cache(maxsize=None)
+_loaded = False  # a plain flag, not a cache: torch.compile traces _ops() as a constant then
+
+
 def load(verbose: bool = False) -> None:
     """Builds (once, then from the cache) and loads the emulation library, and registers its
     ops' fake kernels, autocast and autograd."""
+    global _loaded
+    if _loaded:
+        return
     missing = [str(path) for path in SOURCES if not path.exists()]
     if missing:
         raise RuntimeError(f"the CUDA emulation is built from stn_ext's source tree, which is "
@@ -49,10 +53,12 @@ def load(verbose: bool = False) -> None:
                    extra_cflags=["-O2", "-std=c++20", "-DSTN_EXT_CUDA_EMULATION"],
                    extra_ldflags=["-lpthread"], is_python_module=False, verbose=verbose)
     ops.register_sampling_op("affine_grid_sample", python_autograd=True, namespace=NAMESPACE)
+    _loaded = True
 
 
 def _ops():
-    load()
+    if not _loaded:
+        load()
     return getattr(torch.ops, NAMESPACE)
 
 
