@@ -9,6 +9,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,11 @@ import stn_ext
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+# train/ holds the command-line checks every script shares (and bench_train.py's model).
+sys.path.insert(0, str(REPO_ROOT / "train"))
+from _cli import (HelpFormatter, check_device, non_negative_int,  # noqa: E402,F401
+                  positive_float, positive_int)
 
 try:
     import triton
@@ -136,17 +142,29 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, json_suffix: str = "") -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    """The flags every benchmark takes; ``parser`` should use ``HelpFormatter`` (it states the
+    numeric flags' ranges) and be parsed with ``parse_checked``."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to run (default: %(default)s)")
     parser.add_argument("--json", nargs="?", const="default", metavar="PATH",
                         help="write the results as JSON to PATH; without PATH, to "
                              f"benchmarks/results/<device>-<date>{json_suffix}.json")
     parser.add_argument("--note", help="free text stored in the JSON and shown in RESULTS.md")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch.set_num_threads(N) first (default: torch's default, "
                              f"{torch.get_num_threads()} here)")
-    parser.add_argument("--min-run-time", type=float, default=0.5, metavar="SECONDS",
+    parser.add_argument("--min-run-time", type=positive_float, default=0.5, metavar="SECONDS",
                         help="measuring time per backend and row, after warm-up "
                              "(default: %(default)s)")
+
+
+def parse_checked(parser: argparse.ArgumentParser,
+                  argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """parser.parse_args, then the checks that need this machine (--device), so that a bad
+    command line fails in argparse's format (exit code 2) before any work starts."""
+    args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    return args
 
 
 def resolve_json_path(args: argparse.Namespace, device: torch.device,

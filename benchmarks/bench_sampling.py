@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 import stn_ext
-from _common import (COPY_BENCH_BYTES, Stopwatch, add_common_arguments, copy_gbps, describe_error,
-                     finish_metadata, fresh_compile_caches, paired_speedup, resolve_json_path,
-                     run_metadata, side_by_side_ms, write_json)
+from _common import (COPY_BENCH_BYTES, HelpFormatter, Stopwatch, add_common_arguments, copy_gbps,
+                     describe_error, finish_metadata, fresh_compile_caches, paired_speedup,
+                     parse_checked, resolve_json_path, run_metadata, side_by_side_ms,
+                     write_json)
 
 # name -> (N, C, H, W, Ho, Wo): input (N, C, H, W) sampled to (Ho, Wo).
 SHAPES = {
@@ -211,9 +212,8 @@ def print_result(case: Case, row: dict) -> None:
                      "" if speedup is None else f"{speedup:.2f}x"))
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help=f"shapes {', '.join(QUICK_SHAPES)} in float32, passes "
@@ -225,10 +225,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--backends", type=lambda s: s.split(","),
                         help=f"comma-separated subset of {', '.join(BACKENDS)} "
                              "(default: all that run on the device)")
-    parser.add_argument("--mode", choices=stn_ext.functional.MODES, default="bilinear")
+    parser.add_argument("--mode", choices=stn_ext.functional.MODES, default="bilinear",
+                        help="sampling mode (default: %(default)s)")
     parser.add_argument("--padding-mode", choices=stn_ext.functional.PADDING_MODES,
-                        default="zeros")
-    args = parser.parse_args(argv)
+                        default="zeros", help="padding mode (default: %(default)s)")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parse_checked(parser, argv)
     for option, known in (("shapes", SHAPES), ("passes", PASSES), ("backends", BACKENDS)):
         unknown = set(getattr(args, option) or ()) - set(known)
         if unknown:

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import stn_ext
-from _common import (REPO_ROOT, Stopwatch, add_common_arguments, describe_error,
-                     finish_metadata, fresh_compile_caches, paired_speedup, resolve_json_path,
-                     run_metadata, side_by_side_ms, write_json)
+from _common import (REPO_ROOT, HelpFormatter, Stopwatch, add_common_arguments, describe_error,
+                     finish_metadata, fresh_compile_caches, paired_speedup, parse_checked,
+                     resolve_json_path, run_metadata, side_by_side_ms, write_json)
 
 sys.path.insert(0, str(REPO_ROOT / "train"))
 from cifar import RECIPES, Net, make_optimizer  # noqa: E402
@@ -129,13 +129,16 @@ def print_table_row(values: Sequence[str]) -> None:
           flush=True)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_arguments(parser, JSON_SUFFIX)
     parser.set_defaults(min_run_time=DEFAULT_MIN_RUN_TIME_S)
     parser.add_argument("--quick", action="store_true", help="eager only")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return parse_checked(build_parser(), argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from _common import RESULTS_DIR  # noqa: E402
+from _common import RESULTS_DIR, HelpFormatter  # noqa: E402
 from bench_sampling import BACKENDS, PASSES, shape_label  # noqa: E402
 
 RESULTS_MD = RESULTS_DIR.parent / "RESULTS.md"
@@ -229,12 +229,22 @@ def render(runs: List[dict], results_dir: Path, output: Path) -> str:
     return "\n".join(sections) + "\n"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="folder of the JSON result files (default: benchmarks/results)")
+    parser.add_argument("--output", type=Path, default=RESULTS_MD,
+                        help="the Markdown file to write (default: benchmarks/RESULTS.md)")
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--output", type=Path, default=RESULTS_MD)
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.results_dir.is_dir():
+        parser.error(f"--results-dir {args.results_dir} is not a folder")
+    if not args.output.parent.is_dir():
+        parser.error(f"--output {args.output}: no folder {args.output.parent}")
     runs = load_results(args.results_dir)
     args.output.write_text(render(runs, args.results_dir, args.output))
     print(f"wrote {args.output} from {len(runs)} result files")

@@ -208,11 +208,8 @@ def train_args(data: Path, out: Path, *extra) -> list:
             "--batch-size", "32", "--eval-batch-size", "50", *map(str, extra)]
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
-    data = tiny_pickle_dataset(tmp_path)
-    straight = cifar.run(cifar.parse_args(train_args(data, tmp_path / "a", "--epochs", 3)))
-
-    # Kill the second run in epoch 2's evaluation: epoch 1's checkpoint is all it leaves.
+def interrupted_run(data: Path, out: Path, epochs: int = 2) -> Path:
+    """A run stopped in epoch 2's evaluation, leaving epoch 1's checkpoint; returns its path."""
     evaluate = cifar.evaluate
     calls = []
 
@@ -222,11 +219,18 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return evaluate(*args)
 
-    monkeypatch.setattr(cifar, "evaluate", killed_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        cifar.run(cifar.parse_args(train_args(data, tmp_path / "b", "--epochs", 3)))
-    monkeypatch.setattr(cifar, "evaluate", evaluate)
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cifar, "evaluate", killed_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            cifar.run(cifar.parse_args(train_args(data, out, "--epochs", epochs)))
+    return out / "checkpoint.pt"
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = tiny_pickle_dataset(tmp_path)
+    straight = cifar.run(cifar.parse_args(train_args(data, tmp_path / "a", "--epochs", 3)))
+    interrupted_run(data, tmp_path / "b", epochs=3)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     resumed = cifar.run(cifar.parse_args(["--resume", str(tmp_path / "b"), "--threads", "1",
                                           "--no-plots", "--eval-batch-size", "50"]))
 
@@ -235,13 +239,155 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
                 for e in epochs]
 
     assert without_timings(resumed["epochs"]) == without_timings(straight["epochs"])
-    weights_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
-    weights_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    # Plain data: loads with weights_only=True (no allow-list).
+    weights_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    weights_b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
     on_disk = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2, 3]
     assert on_disk["config"]["run"]["epochs"] == 3
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.fixture(scope="module")
+def epoch_one(tmp_path_factory):
+    """(dataset, the checkpoint after epoch 1 of 2, as torch.load gives it)."""
+    tmp_path = tmp_path_factory.mktemp("epoch_one")
+    data = tiny_pickle_dataset(tmp_path, 64, 50)
+    path = interrupted_run(data, tmp_path / "run")
+    return data, torch.load(path, weights_only=True)
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a crafted checkpoint.pt can hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def resume_cli(checkpoint: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train" / "cifar.py"), "--resume",
+                           str(checkpoint), "--threads", "1", "--no-plots"],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("container", ["torch.save", "pickle protocol 2", "pickle protocol 5"])
+def test_crafted_checkpoint_runs_nothing(tmp_path, container):
+    marker = tmp_path / "pwned"
+    payload = {"epoch": 1, "config": RunsCode(marker)}
+    path = tmp_path / "checkpoint.pt"
+    if container == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=int(container[-1])))
+    with pytest.raises(SystemExit, match=r"^error: refused the checkpoint "):
+        cifar.load_checkpoint(path)
+    assert not marker.exists()
+    if container != "torch.save":
+        return
+    result = resume_cli(tmp_path, tmp_path)  # the run folder, as a user would pass it
+    assert not marker.exists()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(f"error: refused the checkpoint {path}")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def mutated(checkpoint: dict, change: str) -> object:
+    import copy
+
+    checkpoint = copy.deepcopy(checkpoint)
+    if change == "not a dict":
+        return [checkpoint]
+    if change.startswith("without "):
+        del checkpoint[change.removeprefix("without ")]
+    elif change == "another model":
+        checkpoint["model"] = torch.nn.Linear(3, 4).state_dict()
+    elif change == "a renamed parameter":
+        checkpoint["model"]["fc3.weight"] = checkpoint["model"].pop("fc2.weight")
+    elif change == "a reshaped parameter":
+        checkpoint["model"]["fc2.weight"] = torch.zeros(5, 50)
+    elif change == "a weights file":
+        return checkpoint["model"]
+    elif change == "an invalid run setting":
+        checkpoint["config"]["run"]["batch_size"] = 0
+    elif change == "an unknown recipe":
+        checkpoint["config"]["run"]["recipe"] = "mystery"
+    elif change == "no run settings":
+        del checkpoint["config"]["run"]
+    elif change == "another optimizer":
+        checkpoint["optimizer"]["param_groups"] = checkpoint["optimizer"]["param_groups"][:1]
+    elif change == "a bad random state":
+        checkpoint["rng"][0]["shuffle"] = torch.zeros(3, dtype=torch.uint8)
+    elif change == "a bad epoch":
+        checkpoint["epoch"] = "1"
+    elif change == "a short history":
+        checkpoint["history"] = []
+    else:
+        raise AssertionError(change)
+    return checkpoint
+
+
+@pytest.mark.parametrize("change, message", [
+    ("not a dict", "holds a list"),
+    ("a weights file", "lacks epoch, model, optimizer"),
+    ("without config", "lacks config"),
+    ("without model", "lacks model"),
+    ("without rng", "lacks rng"),
+    ("another model", "not this job's Net (missing conv1.bias, conv1.weight, conv2.bias and "
+                      "13 more; unexpected bias, weight)"),
+    ("a renamed parameter", "missing fc2.weight; unexpected fc3.weight"),
+    ("a reshaped parameter", "fc2.weight has shape (5, 50), this job's Net (10, 50)"),
+    ("an invalid run setting", "run setting batch_size = 0 is invalid"),
+    ("an unknown recipe", "run setting recipe = 'mystery' is invalid"),
+    ("no run settings", "lacks the run settings"),
+    ("another optimizer", "optimizer state does not fit"),
+    ("a bad random state", "shuffle random state"),
+    ("a bad epoch", "epoch '1' is not a positive integer"),
+    ("a short history", "history is not a list of 1 epochs"),
+])
+def test_checkpoint_of_another_job_is_refused(tmp_path, epoch_one, change, message):
+    _, checkpoint = epoch_one
+    path = tmp_path / "checkpoint.pt"
+    torch.save(mutated(checkpoint, change), path)
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.load_checkpoint(path)
+    text = str(exit_info.value)
+    assert text.startswith(f"error: {path} is not a checkpoint this job can resume: ")
+    assert message in text and "\n" not in text
+
+
+def test_unreadable_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(SystemExit, match=r"^error: (refused|cannot read) the checkpoint"):
+        cifar.load_checkpoint(path)
+    with pytest.raises(SystemExit, match="^error: no checkpoint at"):
+        cifar.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_of_older_code_still_resumes(tmp_path, epoch_one):
+    """Checkpoints written before config["torch"] became a str hold a TorchVersion: allowed
+    (a str subclass), and the run continues from them."""
+    data, checkpoint = epoch_one
+    old = dict(checkpoint, config=dict(checkpoint["config"], torch=torch.__version__))
+    assert type(old["config"]["torch"]) is torch.torch_version.TorchVersion
+    (tmp_path / "run").mkdir()
+    torch.save(old, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(Exception, match="TorchVersion"):
+        torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)  # no allow-list
+    loaded = cifar.load_checkpoint(tmp_path / "run")
+    assert type(loaded["config"]["torch"]) is str
+    resumed = cifar.run(cifar.parse_args(["--resume", str(tmp_path / "run"), "--data", str(data),
+                                          "--threads", "1", "--no-plots",
+                                          "--eval-batch-size", "50"]))
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    assert type(resumed["config"]["torch"]) is str
 
 
 def test_default_recipe_drops_out_in_the_first_half_only(tmp_path, monkeypatch):

@@ -15,7 +15,9 @@ import datetime
 import json
 import math
 import os
+import pickle
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -24,9 +26,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.torch_version import TorchVersion
 from tqdm import tqdm
 
+import stn_ext
 from stn_ext.nn import SpatialTransformer
+from _cli import HelpFormatter, check_device, non_negative_int, positive_float, positive_int
 from cifar_data import (MEAN, STD, DatasetError, Split, atomic_write,
                         flip_first_half, load_cifar10, normalize)
 
@@ -129,19 +134,21 @@ class World:
 
 
 # ----------------------------------------------------------------------------- command line
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", default=None,
                    help="cifar-10-batches-py folder, image folder (train/<class>/*, "
                         "test/<class>/*) or a .tar/.tar.gz/.tar.xz of either [./data]")
-    p.add_argument("--epochs", type=int, default=None, help="epochs to train [50]")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs to train [50]")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="global batch size, split evenly across torchrun processes [64]")
-    p.add_argument("--lr", type=float, default=None, help="learning rate [the recipe's]")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate [the recipe's]")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="seed: the seeds' plain SGD; default: the tuned recipe [default]")
-    p.add_argument("--seed", type=int, default=None, help="random seed [0]")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+    p.add_argument("--seed", type=non_negative_int, default=None, help="random seed [0]")
+    p.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on the first N training images only")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="cuda if available under auto [auto]")
@@ -151,16 +158,45 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="output folder [runs/<timestamp>, or the resumed run's folder]")
     p.add_argument("--resume", type=Path, default=None, metavar="PATH",
                    help="continue the run whose folder or checkpoint.pt this is")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads per process [the CPU cores / processes on this machine]")
-    p.add_argument("--eval-batch-size", type=int, default=1000, help="[1000]")
-    p.add_argument("--log-interval", type=int, default=100,
+    p.add_argument("--eval-batch-size", type=positive_int, default=1000,
+                   help="batch size of the evaluation [1000]")
+    p.add_argument("--log-interval", type=positive_int, default=100,
                    help="batches between loss checks (each one syncs with the device) [100]")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where to keep the decoded dataset [next to --data if writable, "
                         "else ./data/cache in the repository]")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and stn.png")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, checked before any work starts: ranges by the flags' types, then the
+    device and the backend against this machine (argparse's error format, exit code 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    check_backend(parser, args.backend, args.device)
+    return args
+
+
+def check_backend(parser: argparse.ArgumentParser, backend: str, device: str) -> None:
+    """parser.error unless the spatial transformer's --backend can run on --device here."""
+    if backend in ("auto", "torch"):
+        return
+    available = stn_ext.available_backends()
+    if backend not in available:
+        parser.error(f"--backend {backend} is not available here (available: "
+                     f"{', '.join(['auto'] + available)})")
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if backend == "cpu" and on_cuda:
+        parser.error("--backend cpu needs --device cpu")
+    if backend == "cuda" and not on_cuda:
+        parser.error("--backend cuda needs a CUDA device (--device cuda)")
+    if backend == "triton" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        parser.error("--backend triton needs a CUDA device (--device cuda), or TRITON_INTERPRET=1 "
+                     "to run interpreted on the CPU")
 
 
 # Settings that define a run: restored from the checkpoint on --resume.
@@ -348,16 +384,142 @@ def pick_device(device_arg: str) -> torch.device:
     return torch.device("cpu")
 
 
+# What a checkpoint must hold to be resumed (torch.save'd by run() after every epoch).
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "rng", "history", "config")
+# How to check each run setting a checkpoint restores; None is allowed where the default is None.
+RUN_SETTING_TYPES = {"epochs": positive_int, "batch_size": positive_int, "lr": positive_float,
+                     "seed": non_negative_int, "limit_train": positive_int}
+
+
+def _unpickling_detail(error: Exception) -> str:
+    """The line of torch's long weights_only message that says what was refused."""
+    for line in str(error).splitlines():
+        line = line.replace("WeightsUnpickler error:", "").strip()
+        if "GLOBAL" in line or line.startswith("Unsupported"):
+            return f" ({line[:160].rstrip('.')})"
+    return ""
+
+
+def _run_settings_problem(run_settings) -> Optional[str]:
+    if not isinstance(run_settings, dict):
+        return "its config lacks the run settings"
+    missing = [key for key in RUN_DEFAULTS if key not in run_settings]
+    if missing:
+        return f"its run settings lack {', '.join(missing)}"
+    for key, value in run_settings.items():
+        if key not in RUN_DEFAULTS:
+            return f"its run settings have an unknown {key!r}"
+        if key == "data":
+            ok = isinstance(value, str)
+        elif key == "recipe":
+            ok = isinstance(value, str) and value in RECIPES
+        elif value is None:
+            ok = RUN_DEFAULTS[key] is None
+        else:
+            parse = RUN_SETTING_TYPES[key]
+            try:
+                ok = not isinstance(value, bool) and parse(str(value)) == value
+            except argparse.ArgumentTypeError:
+                ok = False
+        if not ok:
+            return f"its run setting {key} = {value!r} is invalid"
+    return None
+
+
+def checkpoint_problem(checkpoint) -> Optional[str]:
+    """What makes ``checkpoint`` (as torch.load returned it) unusable for resuming this job, in
+    a few words, or None. Loads its states into a scratch model, optimizer and scheduler, so that
+    a checkpoint accepted here resumes without surprises."""
+    if not isinstance(checkpoint, dict):
+        return f"it holds a {type(checkpoint).__name__}, not a dict"
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    epoch = checkpoint["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return f"its epoch {epoch!r} is not a positive integer"
+    config = checkpoint["config"]
+    if not isinstance(config, dict):
+        return "its config is not a dict"
+    problem = _run_settings_problem(config.get("run"))
+    if problem:
+        return problem
+    history = checkpoint["history"]
+    if not (isinstance(history, list) and len(history) == epoch
+            and all(isinstance(entry, dict) for entry in history)):
+        return f"its history is not a list of {epoch} epochs"
+
+    model = Net("torch")
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    weights = checkpoint["model"]
+    if not (isinstance(weights, dict) and all(isinstance(t, torch.Tensor)
+                                              for t in weights.values())):
+        return "its model is not a dict of tensors"
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
+    if missing or unexpected:
+        return ("its model is not this job's Net (" +
+                "; ".join(f"{what} {', '.join(map(str, names[:3]))}"
+                          + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                          for what, names in (("missing", missing), ("unexpected", unexpected))
+                          if names) + ")")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            return (f"its model's {name} has shape {tuple(weights[name].shape)}, this job's Net "
+                    f"{shape}")
+
+    rng = checkpoint["rng"]
+    if not (isinstance(rng, list) and rng):
+        return "its random states are not a list, one per process"
+    for state in rng:
+        if not (isinstance(state, dict) and "torch" in state and "shuffle" in state):
+            return "its random states lack torch or shuffle"
+        for key in ("torch", "shuffle"):
+            try:
+                torch.Generator().set_state(state[key])
+            except (TypeError, RuntimeError, ValueError):
+                return f"its {key} random state is not one of torch's CPU generator"
+
+    recipe = RECIPES[config["run"]["recipe"]]
+    optimizer = make_optimizer(model, recipe, recipe.lr)
+    for what, target in (("model", model), ("optimizer", optimizer),
+                         ("scheduler", make_scheduler(optimizer, recipe, 1, 1))):
+        try:
+            target.load_state_dict(checkpoint[what])
+        except Exception as e:  # noqa: BLE001  (each state's loader has its own errors)
+            first_line = (str(e).strip().splitlines() or [""])[0][:160]
+            return f"its {what} state does not fit this job's ({type(e).__name__}: {first_line})"
+    return None
+
+
 def load_checkpoint(resume: Path) -> dict:
+    """The checkpoint at ``resume`` (a run folder or its checkpoint.pt), checked, or SystemExit
+    with one line saying why not. It is loaded as data only (weights_only=True: tensors and
+    plain containers), so a crafted file cannot run code."""
     path = resume / "checkpoint.pt" if resume.is_dir() else resume
     if not path.is_file():
         raise SystemExit(f"error: no checkpoint at {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        checkpoint["path"] = path
-        return checkpoint
-    except Exception as e:  # a truncated or foreign file
-        raise SystemExit(f"error: cannot read the checkpoint {path} ({e})") from None
+        # TorchVersion: the config["torch"] of checkpoints written before it was stored as a
+        # str; a str subclass, safe to build.
+        with warnings.catch_warnings(), torch.serialization.safe_globals([TorchVersion]):
+            warnings.simplefilter("ignore")  # e.g. about the pickle protocol of a foreign file
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise SystemExit(f"error: refused the checkpoint {path}: it is not tensors and plain "
+                         f"data as train/cifar.py writes them{_unpickling_detail(e)}; resume only "
+                         f"a run folder or checkpoint.pt that train/cifar.py wrote") from None
+    except Exception as e:  # a truncated or foreign file  # noqa: BLE001
+        first_line = (str(e).strip().splitlines() or [""])[0][:160]
+        raise SystemExit(f"error: cannot read the checkpoint {path} "
+                         f"({type(e).__name__}: {first_line})") from None
+    problem = checkpoint_problem(checkpoint)
+    if problem:
+        raise SystemExit(f"error: {path} is not a checkpoint this job can resume: {problem}")
+    if "torch" in checkpoint["config"]:
+        checkpoint["config"]["torch"] = str(checkpoint["config"]["torch"])
+    checkpoint["path"] = path
+    return checkpoint
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -367,6 +529,9 @@ def run(args: argparse.Namespace) -> dict:
     world = World.from_env(device)
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     resolve_run_settings(args, checkpoint)
+    if checkpoint and len(checkpoint["rng"]) != world.size:
+        raise SystemExit(f"error: the checkpoint was written by {len(checkpoint['rng'])} "
+                         f"processes; resume it with as many")
     if args.batch_size % world.size:
         raise SystemExit(f"error: --batch-size {args.batch_size} must divide evenly across "
                          f"{world.size} processes")
@@ -385,6 +550,9 @@ def run(args: argparse.Namespace) -> dict:
         world.barrier()
     if args.limit_train:
         train = Split(train.images[:args.limit_train], train.labels[:args.limit_train])
+    if len(train) < world.size:
+        raise SystemExit(f"error: {len(train)} training images cannot be shared by "
+                         f"{world.size} processes; raise --limit-train")
     train, test = train.to(device), test.to(device)
 
     torch.manual_seed(args.seed + world.rank)  # dropout differs per rank; DDP syncs the weights
@@ -402,13 +570,10 @@ def run(args: argparse.Namespace) -> dict:
                                                      if device.type == "cuda" else "cpu"),
               "backend": args.backend, "world_size": world.size,
               "threads": torch.get_num_threads(), "train_images": len(train),
-              "test_images": len(test), "torch": torch.__version__}
+              "test_images": len(test), "torch": str(torch.__version__)}
     history: List[dict] = []
     first_epoch = 1
     if checkpoint:
-        if len(checkpoint["rng"]) != world.size:
-            raise SystemExit(f"error: the checkpoint was written by {len(checkpoint['rng'])} "
-                             f"processes; resume it with as many")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
