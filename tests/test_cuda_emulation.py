@@ -1,0 +1,106 @@
+"""What only the CUDA kernels have, run through their emulation (stn_ext.testing.cuda_emulation):
+grid-stride loops over a batch above the grid's y-limit, the 64-bit index path, several blocks
+per image in any block order, and the number of kernel launches per call. The shared matrix
+(test_op.py, test_registration.py) runs the same kernels on the `cuda-emulated` backend."""
+import pytest
+import torch
+
+from stn_ext.testing import cuda_emulation
+from _reference import (CONFIG_IDS, CONFIGS, Backend, assert_close, deterministic_mode, grads,
+                        make_case, max_abs, random_input, reference, seed_of)
+
+EMULATED = Backend("cuda-emulated", "cpu")
+
+# (max_grid_y, force_64bit_indexing, block_order_seed): the launch as on a GPU, a grid-y limit
+# below the batch (every block loops over several images), 64-bit indices, both, and a
+# shuffled block order.
+LIMITS = {
+    "as-on-gpu": (cuda_emulation.CUDA_MAX_GRID_Y, False, 0),
+    "grid-y-2": (2, False, 0),
+    "index-64": (cuda_emulation.CUDA_MAX_GRID_Y, True, 0),
+    "grid-y-1-index-64": (1, True, 0),
+    "shuffled-blocks": (cuda_emulation.CUDA_MAX_GRID_Y, False, 12345),
+}
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[5], CONFIGS[8]],
+                         ids=[CONFIG_IDS[0], CONFIG_IDS[5], CONFIG_IDS[8]])
+@pytest.mark.parametrize("limits", LIMITS.values(), ids=LIMITS.keys())
+def test_launch_geometry(limits, config, deterministic):
+    """Batch 5 and 17 x 33 output pixels (3 blocks of 256 per image): output and both gradients
+    equal the reference whatever the grid and index width."""
+    max_grid_y, force_64bit_indexing, block_order_seed = limits
+    shape, size = (5, 3, 6, 9), (17, 33)
+    seed = seed_of("geometry", config)
+    x, theta = make_case(EMULATED, shape, size, config, torch.float64, seed, requires_grad=True)
+    grad_output = random_input((*shape[:2], *size), seed=seed + 1)
+    mode = deterministic_mode() if deterministic else torch.autograd.set_grad_enabled(True)
+    with mode, cuda_emulation.device_limits(max_grid_y=max_grid_y,
+                                             force_64bit_indexing=force_64bit_indexing,
+                                             block_order_seed=block_order_seed):
+        out, gx, gth = grads(lambda a, t: cuda_emulation.affine_grid_sample(a, t, size, **config),
+                             x, theta, grad_output)
+    ref, rgx, rgth = grads(lambda a, t: reference(a, t, size, **config), x, theta, grad_output)
+    assert_close(out, ref, torch.float64, "output")
+    assert_close(gx, rgx, torch.float64, "grad input", scale=max_abs(rgx))
+    assert_close(gth, rgth, torch.float64, "grad theta", scale=max_abs(rgth))
+
+
+# Kernel launches per call: the forward is one kernel; the backward one kernel for the theta
+# gradient and the atomic input gradient together, or, deterministic, that kernel writing tap
+# records plus the gather kernel (the sort between them is ATen's).
+LAUNCHES = {
+    "forward": 1,
+    "backward-atomic": 1,
+    "backward-theta-only": 1,
+    "backward-deterministic": 2,
+}
+
+
+@pytest.mark.parametrize("call", LAUNCHES)
+def test_launch_count(call):
+    config = CONFIGS[0]
+    shape, size = (3, 2, 5, 6), (7, 4)
+    x, theta = make_case(EMULATED, shape, size, config, torch.float32, seed_of("launches"))
+    grad_output = torch.ones(*shape[:2], *size)
+    mask = [call != "backward-theta-only", True]
+    mode = deterministic_mode() if call == "backward-deterministic" else torch.no_grad()
+    with mode:
+        before = cuda_emulation.launch_count()
+        if call == "forward":
+            cuda_emulation.forward_op()(x, theta, *size, *config.values())
+        else:
+            cuda_emulation.backward_op()(grad_output, x, theta, *config.values(), mask)
+        assert cuda_emulation.launch_count() - before == LAUNCHES[call]
+
+
+@pytest.mark.parametrize("shape,size", [((2, 0, 5, 6), (4, 3)), ((2, 3, 5, 6), (0, 4)),
+                                        ((0, 3, 5, 6), (4, 4))], ids=["C0", "Ho0", "N0"])
+def test_nothing_to_sample_launches_nothing(shape, size):
+    """No channel, output pixel or image: zero gradients without a kernel (or a buffer sized
+    by the pixels alone)."""
+    x = torch.randn(shape, dtype=torch.float64)
+    theta = torch.eye(2, 3, dtype=torch.float64).repeat(shape[0], 1, 1)
+    grad_output = torch.ones(*shape[:2], *size, dtype=torch.float64)
+    before = cuda_emulation.launch_count()
+    gx, gth = cuda_emulation.backward_op()(grad_output, x, theta, *CONFIGS[0].values(),
+                                            [True, True])
+    assert cuda_emulation.launch_count() == before
+    assert gx.shape == x.shape and gth.shape == theta.shape
+    assert torch.count_nonzero(gx) == 0 and torch.count_nonzero(gth) == 0
+
+
+def test_nearest_copies_negative_zero():
+    """Nearest mode copies the sampled value bit for bit, -0.0 included (as ATen)."""
+    x = torch.full((1, 2, 3, 3), -0.0)
+    theta = torch.eye(2, 3).unsqueeze(0)
+    out = cuda_emulation.affine_grid_sample(x, theta, mode="nearest")
+    assert torch.equal(out.signbit(), torch.ones_like(out, dtype=torch.bool))
+
+
+def test_refuses_non_cpu_tensors():
+    x = torch.randn(1, 1, 2, 2, device="meta")
+    theta = torch.eye(2, 3, device="meta").unsqueeze(0)
+    with pytest.raises(ValueError, match="CUDA emulation takes CPU tensors"):
+        cuda_emulation.affine_grid_sample(x, theta)
