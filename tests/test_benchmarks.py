@@ -1,11 +1,13 @@
 """The benchmark scripts run end to end and write the JSON schema of issue 4; summarize.py turns
 their files into RESULTS.md and a plot. No timing thresholds: only that every time is positive."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
@@ -104,3 +106,15 @@ def test_default_json_path_never_overwrites_a_record(tmp_path):
     second.write_text("{}")
     assert _common.default_json_path(cpu, "-train", results_dir=tmp_path).name == \
         first.name.replace("-train.json", "-run3-train.json")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    """benchmarks/gpu_check.sh on a machine without a GPU: a clear line and exit code 2, before
+    any build or test."""
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path / "out")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 2
+    assert "no CUDA device is available" in result.stderr
+    assert not (tmp_path / "out" / "build.log").exists()
