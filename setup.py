@@ -39,15 +39,22 @@ def cpu_arch_flags():
     return [f"-march={arch}"] if arch else []
 
 
+# The C++ standard the kernels are written in (the CPU kernels take class-type non-type template
+# parameters: C++20), passed to the host compiler and to nvcc alike. torch's BuildExtension adds
+# its own -std only where none is given (nvcc refuses two), and its default differs by release
+# (c++17 in torch 2.11, c++20 in 2.14).
+CXX_STANDARD = "-std=c++20"
+
 # OpenMP: at::parallel_for runs serially without it. No trapping math: lets the compiler
 # vectorise the kernels' select-heavy coordinate loops (we never read floating-point traps).
-extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-fno-trapping-math"] + cpu_arch_flags()}
+extra_compile_args = {"cxx": [CXX_STANDARD, "-O3", "-fopenmp", "-fno-trapping-math"]
+                      + cpu_arch_flags()}
 print(f"stn_ext: C++ flags {' '.join(extra_compile_args['cxx'])}")
 
 if CUDA_HOME is not None and os.environ.get("STN_EXT_NO_CUDA") != "1":
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
-    extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+    extra_compile_args["nvcc"] = [CXX_STANDARD, "-O3", "-lineinfo"]
     extension = CUDAExtension
     print(f"stn_ext: building CPU and CUDA kernels (CUDA_HOME={CUDA_HOME}, "
           f"archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
