@@ -161,6 +161,14 @@ def _program_pixels(out_h, out_w, BLOCK_PIXELS: tl.constexpr, INDEX_DTYPE: tl.co
 
 
 @triton.jit
+def _undefined_points(ix, iy, pixel_ok):
+    """Which points are undefined (csrc/sampling_math.h, is_undefined): a padded coordinate that
+    is not finite (x - x is 0 for finite x, NaN otherwise). Their output is NaN in every
+    channel, they add nothing to grad_input, and NaN to their image's theta gradient."""
+    return pixel_ok & ((ix - ix != 0.0) | (iy - iy != 0.0))
+
+
+@triton.jit
 def _near_points(ix, iy, pixel_ok, in_h, in_w):
     """Which points are not far outside the input (nor NaN): the others read only zero
     padding. Checked in floating point; the others' coordinates become 0, so that the casts to
@@ -239,6 +247,7 @@ def _forward_kernel(
     image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
     _, _, ix, iy, _, _ = _source_points(theta_ptr, image, pixels, in_h, in_w, out_h, out_w,
                                         PADDING, ALIGN_CORNERS)
+    undefined = _undefined_points(ix, iy, pixel_ok)
     near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
     if MODE == "nearest":
         x, y, tap_ok = _nearest_tap(ix, iy, near, in_h, in_w, index_dtype)
@@ -262,6 +271,7 @@ def _forward_kernel(
             # The C++ kernels' order of additions (a skipped tap there adds an exact zero here).
             value = ((west * north)[None, :] * v00 + (east * north)[None, :] * v01
                      + (west * south)[None, :] * v10 + (east * south)[None, :] * v11)
+        value = tl.where(undefined[None, :], float("nan"), value)
         dst = output_image + c[:, None] * out_sc + (pixels * out_s_pixel)[None, :]
         tl.store(dst, value.to(output_ptr.dtype.element_ty), mask=pixel_ok[None, :] & c_ok)
 
@@ -287,6 +297,7 @@ def _backward_kernel(
     image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
     base_x, base_y, ix, iy, dix, diy = _source_points(
         theta_ptr, image, pixels, in_h, in_w, out_h, out_w, PADDING, ALIGN_CORNERS)
+    undefined = _undefined_points(ix, iy, pixel_ok)
     near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
     if MODE == "nearest":
         x, y, tap_ok = _nearest_tap(ix, iy, near, in_h, in_w, index_dtype)
@@ -334,8 +345,12 @@ def _backward_kernel(
 
     if NEED_THETA_GRAD:
         # Chain rule through the affine map: grid_x = theta[0] . (bx, by, 1), likewise grid_y.
-        grad_gx = tl.where(near, grad_ix * dix, 0.0)
-        grad_gy = tl.where(near, grad_iy * diy, 0.0)
+        # A point with no tap in the image has no gradient, even where grad_output is NaN or inf
+        # (its grad_ix is then 0 * NaN: selected away, as ATen skips such taps); an undefined
+        # point makes every sum of its image NaN.
+        any_tap = ok00 | ok01 | ok10 | ok11
+        grad_gx = tl.where(undefined, float("nan"), tl.where(any_tap, grad_ix * dix, 0.0))
+        grad_gy = tl.where(undefined, float("nan"), tl.where(any_tap, grad_iy * diy, 0.0))
         partial = theta_partials_ptr + tl.program_id(0).to(tl.int64) * 6
         tl.store(partial + 0, _sum(grad_gx * base_x, axis=0))
         tl.store(partial + 1, _sum(grad_gx * base_y, axis=0))

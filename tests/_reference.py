@@ -204,6 +204,26 @@ def random_input(shape, *, seed: int, dtype=torch.float64, device="cpu") -> torc
     return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
 
 
+def triton_interpreter_problem():
+    """Why Triton's interpreter cannot run our kernels in this environment, or None. Triton 3.6's
+    interpreter cannot take a runtime loop bound under NumPy >= 2.4 (its int() of a 1-element
+    array: triton-lang/triton#9171, fixed by #9172; Triton 3.8 has the fix)."""
+    import stn_ext.triton_kernels as triton_kernels
+    if not triton_kernels.INTERPRETED:
+        return None
+
+    @triton_kernels.triton.jit
+    def loop_to(n):
+        for _ in range(0, n):
+            pass
+
+    try:
+        loop_to[(1,)](1)
+    except Exception as error:  # noqa: BLE001 (whatever the interpreter raises)
+        return f"this Triton's interpreter cannot loop to a runtime bound: {error!r}"
+    return None
+
+
 @contextlib.contextmanager
 def deterministic_mode():
     """torch.use_deterministic_algorithms(True) within the block, then what it was."""

@@ -16,7 +16,8 @@ if not HAS_CUDA:
     # any import of stn_ext.triton_kernels.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from _reference import CONFIG_IDS, CONFIGS, SHAPES, Backend  # noqa: E402
+from _reference import (CONFIG_IDS, CONFIGS, SHAPES, Backend,  # noqa: E402
+                        triton_interpreter_problem)
 
 
 def _triton_param():
@@ -26,9 +27,11 @@ def _triton_param():
         return pytest.param(None, id="triton", marks=pytest.mark.skip(reason=f"no Triton: {error}"))
     if HAS_CUDA:
         return pytest.param(Backend("triton", "cuda"), id="triton", marks=pytest.mark.cuda)
-    skip = pytest.mark.skipif(not triton_kernels.INTERPRETED, reason=(
-        "stn_ext.triton_kernels was imported before TRITON_INTERPRET=1 was set"))
-    return pytest.param(Backend("triton", "cpu"), id="triton-interpreted", marks=skip)
+    problem = (None if triton_kernels.INTERPRETED else
+               "stn_ext.triton_kernels was imported before TRITON_INTERPRET=1 was set")
+    problem = problem or triton_interpreter_problem()
+    return pytest.param(Backend("triton", "cpu"), id="triton-interpreted",
+                        marks=pytest.mark.skipif(problem is not None, reason=problem or ""))
 
 
 # The CUDA tests skip only when there is no GPU: on a GPU machine an extension built without its

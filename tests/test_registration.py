@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch._dynamo.testing
 
-import stn_ext
 from _reference import (CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_close, assert_same_run,
                         expected_memory_format, grads, make_case, max_abs, random_input,
                         reference, run, seed_of)

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -41,15 +42,42 @@ inline void source_coords(int64_t width, const T* __restrict base_x, GridOf grid
 }
 
 // A point far outside (or not finite) moves to (-2, -2), where every tap is outside: the tap
-// loops then need no special case, and no coordinate overflows an index.
-template <typename T>
-inline void move_far_points(int64_t width, int64_t in_h, int64_t in_w, T* __restrict ix,
-                            T* __restrict iy) {
+// loops then need no special case, and no coordinate overflows an index. kMarkUndefined: an
+// undefined point (see is_undefined) is also marked in `undefined`, and the return value says
+// whether the row has any, so that the outputs and gradients they make NaN are patched after the
+// main loops. Without kMarkUndefined (rows that cannot have one, see may_be_undefined) the loop
+// costs what it did before undefined points existed.
+template <bool kMarkUndefined, typename T>
+inline bool move_far_points(int64_t width, int64_t in_h, int64_t in_w, T* __restrict ix,
+                            T* __restrict iy, int32_t* __restrict undefined) {
+  int32_t any_undefined = 0;
   for (int64_t w = 0; w < width; ++w) {
+    if constexpr (kMarkUndefined) {
+      const int32_t not_defined = is_undefined(ix[w], iy[w]);
+      undefined[w] = not_defined;
+      any_undefined |= not_defined;
+    }
     const bool far = is_far_outside(SourcePoint<T>{ix[w], iy[w], T(0), T(0)}, in_h, in_w);
     ix[w] = far ? T(-2) : ix[w];
     iy[w] = far ? T(-2) : iy[w];
   }
+  return any_undefined != 0;
+}
+
+// Whether an image's affine map can give an undefined point in an input of geometry `in`:
+// only a non-finite theta, or one so large that a coordinate could overflow. Base coordinates
+// lie in [-1, 1], so |grid| <= |t0| + |t1| + |t2|, and unnormalize() makes that at most
+// (|grid| + 1) * size + 1 pixels (bounded in double; the factor 4 covers rounding). Padding
+// keeps finite coordinates finite.
+template <typename T>
+bool may_be_undefined(const Affine<T>& a, const Geometry& in) {
+  const auto bound = [](T t0, T t1, T t2, int64_t size) {
+    return (std::fabs(double(t0)) + std::fabs(double(t1)) + std::fabs(double(t2)) + 1.0) *
+               double(size) + 1.0;
+  };
+  const double limit = 0.25 * double(std::numeric_limits<T>::max());
+  // False for a NaN or infinite bound too.
+  return !(bound(a.t00, a.t01, a.t02, in.w) < limit && bound(a.t10, a.t11, a.t12, in.h) < limit);
 }
 
 template <typename T>
@@ -87,33 +115,42 @@ inline void bilinear_taps(int64_t width, int32_t in_h, int32_t in_w, const T* __
 // per-pixel coordinate and weight math runs as vectorised loops. Tap k of pixel w sits at
 // (x0 + k % 2, y0 + k / 2), bit k of inside[w] says whether it lies in the image (taps outside
 // read zero padding), and stencil(w) gives the weights; a nearest sample uses tap 0 only.
+// An undefined point (undefined[w], see is_undefined) has no tap inside: the kernels patch its
+// NaN output or theta gradient afterwards, when has_undefined says the row has one (undefined
+// is only written for rows of an affine map that may_be_undefined).
 template <typename T>
 struct RowSamples {
   explicit RowSamples(int64_t width)
       : width(width), ix(width), iy(width), dix(width), diy(width), west(width), east(width),
-        north(width), south(width), x0(width), y0(width), inside(width), origin(width) {}
+        north(width), south(width), x0(width), y0(width), inside(width), undefined(width),
+        origin(width) {}
 
   // Resolves the row of base y-coordinate base_y (x-coordinates base_x) under the affine map a,
-  // for an input of geometry `in`; origin[w] is tap 0's offset in an input plane.
+  // for an input of geometry `in`; origin[w] is tap 0's offset in an input plane. check_undefined:
+  // may_be_undefined(a, in).
   template <Interpolation kMode, Padding kPadding>
   void resolve(const Affine<T>& a, const T* base_x, T base_y, const Geometry& in,
-               bool align_corners) {
+               bool align_corners, bool check_undefined) {
     // align_corners as a constant too: a branch inside the loops would keep them scalar.
     if (align_corners) {
-      resolve<SampleConfig{kMode, kPadding, true}>(a, base_x, base_y, in);
+      resolve<SampleConfig{kMode, kPadding, true}>(a, base_x, base_y, in, check_undefined);
     } else {
-      resolve<SampleConfig{kMode, kPadding, false}>(a, base_x, base_y, in);
+      resolve<SampleConfig{kMode, kPadding, false}>(a, base_x, base_y, in, check_undefined);
     }
   }
 
   template <SampleConfig cfg>
-  void resolve(const Affine<T>& a, const T* base_x, T base_y, const Geometry& in) {
+  void resolve(const Affine<T>& a, const T* base_x, T base_y, const Geometry& in,
+               bool check_undefined) {
     // source_point() split by axis and step into simple loops, which vectorise.
     source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_x(bx, base_y); }, in.w,
                        ix.data(), dix.data());
     source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_y(bx, base_y); }, in.h,
                        iy.data(), diy.data());
-    move_far_points(width, in.h, in.w, ix.data(), iy.data());
+    has_undefined =
+        check_undefined
+            ? move_far_points<true>(width, in.h, in.w, ix.data(), iy.data(), undefined.data())
+            : move_far_points<false>(width, in.h, in.w, ix.data(), iy.data(), undefined.data());
     const int32_t h = static_cast<int32_t>(in.h), w = static_cast<int32_t>(in.w);
     if constexpr (cfg.mode == Interpolation::Nearest) {
       nearest_taps(width, h, w, ix.data(), iy.data(), x0.data(), y0.data(), inside.data());
@@ -136,8 +173,9 @@ struct RowSamples {
   int64_t width;
   std::vector<T> ix, iy, dix, diy;
   std::vector<T> west, east, north, south;
-  std::vector<int32_t> x0, y0, inside;
+  std::vector<int32_t> x0, y0, inside, undefined;
   std::vector<int64_t> origin;
+  bool has_undefined = false;
 };
 
 constexpr int32_t kAllTaps = 0xF;
@@ -295,9 +333,10 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
     RowSamples<T> row(out.w);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / out.h, h = r % out.h;
-      row.template resolve<kMode, kPadding>(affine_of<T, scalar_t>(theta, n), base_x.data(),
+      const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+      row.template resolve<kMode, kPadding>(a, base_x.data(),
                                             base_coord<T>(h, out.h, align_corners), in,
-                                            align_corners);
+                                            align_corners, may_be_undefined(a, in));
       for (int64_t c = 0; c < out.c; c += block) {
         const int64_t channels = std::min(block, out.c - c);
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
@@ -309,6 +348,15 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
           }
         }
         gather_row<kTaps, false>(row, channels, src, in.sc, delta, dst, out.sc, out.sw);
+      }
+      if (row.has_undefined) {  // rare: patched here, not tested in the gather loops
+        scalar_t* dst = out_ptr + n * out.sn + h * out.sh;
+        for (int64_t w = 0; w < out.w; ++w) {
+          if (!row.undefined[w]) continue;
+          for (int64_t c = 0; c < out.c; ++c) {
+            dst[c * out.sc + w * out.sw] = std::numeric_limits<scalar_t>::quiet_NaN();
+          }
+        }
       }
     }
   });
@@ -353,7 +401,7 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
   const int64_t grad_input_sc = kSameLayout ? planes.input_sc : planes.grad_input_sc;
   for (int64_t w = 0; w < r.width; ++w) {
     const int32_t inside = r.inside[w];
-    if (inside == 0) continue;
+    if (inside == 0) continue;  // nothing to scatter, no gradient (whatever grad_output holds)
     const bool all_inside = kTaps == 4 && inside == kAllTaps;  // the common case
     const Bilinear<T, int32_t> stencil = r.stencil(w);
     const T weight[4] = {stencil.w00(), stencil.w01(), stencil.w10(), stencil.w11()};
@@ -432,7 +480,9 @@ void add_row_theta_grad(const RowSamples<T>& r, const T* __restrict g_ix_row,
   double gx_bx = 0, gx_sum = 0, gy_bx = 0, gy_sum = 0;
 #pragma omp simd reduction(+ : gx_bx, gx_sum, gy_bx, gy_sum)
   for (int64_t w = 0; w < r.width; ++w) {
-    // A pixel with no tap in the image has no gradient (and maybe a NaN coordinate derivative).
+    // A pixel with no tap in the image has no gradient (and maybe a NaN coordinate derivative),
+    // even where grad_output is NaN or inf: ATen skips such taps. An undefined point's NaN is
+    // applied to the whole image by backward_kernel.
     const double gx = inside[w] != 0 ? double(g_ix_row[w] * dix[w]) : 0.0;
     const double gy = inside[w] != 0 ? double(g_iy_row[w] * diy[w]) : 0.0;
     gx_bx += gx * double(base_x[w]);
@@ -495,11 +545,15 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       const int64_t c_begin = (unit % groups) * group_size;
       const int64_t c_end = std::min(in.c, c_begin + group_size);
       const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+      const bool check_undefined = may_be_undefined(a, in);
       if constexpr (kGradInput) zero_channels(grad_in_ptr + n * gin.sn, gin, c_begin, c_end);
       ThetaGrad<double> tg{};
+      bool has_undefined = false;  // an undefined point makes the image's theta gradient NaN
       for (int64_t h = 0; h < gout.h; ++h) {
         const T base_y = base_coord<T>(h, gout.h, align_corners);
-        row.template resolve<kMode, kPadding>(a, base_x.data(), base_y, in, align_corners);
+        row.template resolve<kMode, kPadding>(a, base_x.data(), base_y, in, align_corners,
+                                              check_undefined);
+        has_undefined |= row.has_undefined;
         if (kGradInput && !same_layout) row.set_origins(gin, gin_origin.data());
         std::fill(g_ix.begin(), g_ix.end(), T(0));
         std::fill(g_iy.begin(), g_iy.end(), T(0));
@@ -526,6 +580,9 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
         if constexpr (kGradTheta) {
           add_row_theta_grad(row, g_ix.data(), g_iy.data(), base_x.data(), base_y, &tg);
         }
+      }
+      if (kGradTheta && has_undefined) {
+        std::fill(tg.g, tg.g + 6, std::numeric_limits<double>::quiet_NaN());
       }
       if (theta_partials != nullptr) std::copy(tg.g, tg.g + 6, theta_partials + unit * 6);
     }
