@@ -5,6 +5,7 @@ per image and a partial last block.
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_driver.py
 """
+import argparse
 import itertools
 
 import torch
@@ -12,9 +13,16 @@ import torch
 import stn_ext
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def main() -> None:
+    parser = build_parser()
+    parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("sanitizer_driver.py: no CUDA device is available")
+        parser.error("no CUDA device is available")
     generator = torch.Generator(device="cuda").manual_seed(0)
     for (mode, padding_mode, align_corners), dtype, deterministic in itertools.product(
             itertools.product(("bilinear", "nearest"), ("zeros", "border", "reflection"),
