@@ -42,24 +42,29 @@ inline void source_coords(int64_t width, const T* __restrict base_x, GridOf grid
 }
 
 // A point far outside (or not finite) moves to (-2, -2), where every tap is outside: the tap
-// loops then need no special case, and no coordinate overflows an index. kMarkUndefined: an
-// undefined point (see is_undefined) is also marked in `undefined`, and the return value says
-// whether the row has any, so that the outputs and gradients they make NaN are patched after the
-// main loops. Without kMarkUndefined (rows that cannot have one, see may_be_undefined) the loop
-// costs what it did before undefined points existed.
-template <bool kMarkUndefined, typename T>
-inline bool move_far_points(int64_t width, int64_t in_h, int64_t in_w, T* __restrict ix,
-                            T* __restrict iy, int32_t* __restrict undefined) {
-  int32_t any_undefined = 0;
+// loops then need no special case, and no coordinate overflows an index.
+template <typename T>
+inline void move_far_points(int64_t width, int64_t in_h, int64_t in_w, T* __restrict ix,
+                            T* __restrict iy) {
   for (int64_t w = 0; w < width; ++w) {
-    if constexpr (kMarkUndefined) {
-      const int32_t not_defined = is_undefined(ix[w], iy[w]);
-      undefined[w] = not_defined;
-      any_undefined |= not_defined;
-    }
     const bool far = is_far_outside(SourcePoint<T>{ix[w], iy[w], T(0), T(0)}, in_h, in_w);
     ix[w] = far ? T(-2) : ix[w];
     iy[w] = far ? T(-2) : iy[w];
+  }
+}
+
+// Marks the undefined points of a row (see is_undefined) in `undefined`, and returns whether it
+// has any, so that the outputs and gradients they make NaN are patched after the main loops.
+// Only for rows of a map that may_be_undefined, and out of line: the common path stays as it
+// was before undefined points existed.
+template <typename T>
+__attribute__((noinline)) bool mark_undefined(int64_t width, const T* __restrict ix,
+                                              const T* __restrict iy,
+                                              int32_t* __restrict undefined) {
+  int32_t any_undefined = 0;
+  for (int64_t w = 0; w < width; ++w) {
+    undefined[w] = is_undefined(ix[w], iy[w]);
+    any_undefined |= undefined[w];
   }
   return any_undefined != 0;
 }
@@ -128,9 +133,10 @@ struct RowSamples {
   // Resolves the row of base y-coordinate base_y (x-coordinates base_x) under the affine map a,
   // for an input of geometry `in`; origin[w] is tap 0's offset in an input plane. check_undefined:
   // may_be_undefined(a, in).
+  // (Inlined into the kernels, as the compiler chose before check_undefined existed.)
   template <Interpolation kMode, Padding kPadding>
-  void resolve(const Affine<T>& a, const T* base_x, T base_y, const Geometry& in,
-               bool align_corners, bool check_undefined) {
+  C10_ALWAYS_INLINE void resolve(const Affine<T>& a, const T* base_x, T base_y,
+                                 const Geometry& in, bool align_corners, bool check_undefined) {
     // align_corners as a constant too: a branch inside the loops would keep them scalar.
     if (align_corners) {
       resolve<SampleConfig{kMode, kPadding, true}>(a, base_x, base_y, in, check_undefined);
@@ -140,17 +146,15 @@ struct RowSamples {
   }
 
   template <SampleConfig cfg>
-  void resolve(const Affine<T>& a, const T* base_x, T base_y, const Geometry& in,
-               bool check_undefined) {
+  C10_ALWAYS_INLINE void resolve(const Affine<T>& a, const T* base_x, T base_y,
+                                 const Geometry& in, bool check_undefined) {
     // source_point() split by axis and step into simple loops, which vectorise.
     source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_x(bx, base_y); }, in.w,
                        ix.data(), dix.data());
     source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_y(bx, base_y); }, in.h,
                        iy.data(), diy.data());
-    has_undefined =
-        check_undefined
-            ? move_far_points<true>(width, in.h, in.w, ix.data(), iy.data(), undefined.data())
-            : move_far_points<false>(width, in.h, in.w, ix.data(), iy.data(), undefined.data());
+    has_undefined = check_undefined && mark_undefined(width, ix.data(), iy.data(), undefined.data());
+    move_far_points(width, in.h, in.w, ix.data(), iy.data());
     const int32_t h = static_cast<int32_t>(in.h), w = static_cast<int32_t>(in.w);
     if constexpr (cfg.mode == Interpolation::Nearest) {
       nearest_taps(width, h, w, ix.data(), iy.data(), x0.data(), y0.data(), inside.data());
@@ -162,8 +166,10 @@ struct RowSamples {
   }
 
   // Offsets of tap 0 in a plane of geometry g (input and grad_input may differ in strides).
-  void set_origins(const Geometry& g, int64_t* out) const {
-    for (int64_t w = 0; w < width; ++w) out[w] = int64_t(y0[w]) * g.sh + int64_t(x0[w]) * g.sw;
+  // (Strides as locals: out could alias g otherwise, which keeps the loop scalar.)
+  void set_origins(const Geometry& g, int64_t* __restrict out) const {
+    const int64_t sh = g.sh, sw = g.sw;
+    for (int64_t w = 0; w < width; ++w) out[w] = int64_t(y0[w]) * sh + int64_t(x0[w]) * sw;
   }
 
   Bilinear<T, int32_t> stencil(int64_t w) const {
@@ -331,12 +337,19 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
 
   at::parallel_for(0, out.n * out.h, grain, [&](int64_t begin, int64_t end) {
     RowSamples<T> row(out.w);
+    int64_t image = -1;  // the image of `a` and check_undefined
+    Affine<T> a{};
+    bool check_undefined = false;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / out.h, h = r % out.h;
-      const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+      if (n != image) {
+        image = n;
+        a = affine_of<T, scalar_t>(theta, n);
+        check_undefined = may_be_undefined(a, in);
+      }
       row.template resolve<kMode, kPadding>(a, base_x.data(),
                                             base_coord<T>(h, out.h, align_corners), in,
-                                            align_corners, may_be_undefined(a, in));
+                                            align_corners, check_undefined);
       for (int64_t c = 0; c < out.c; c += block) {
         const int64_t channels = std::min(block, out.c - c);
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
