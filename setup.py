@@ -18,7 +18,7 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 # Ampere and Hopper SASS, plus PTX so newer GPUs can JIT-compile the kernels.
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
-sources = (["csrc/affine_grid_sample.cpp", "csrc/library.cpp"]
+sources = (["csrc/affine_grid_sample.cpp", "csrc/grid_sample.cpp", "csrc/library.cpp"]
            + sorted(glob.glob("csrc/autograd/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp")))
 
 

@@ -1,26 +1,16 @@
 // The checks and option parsing every device implementation of the stn_ext ops shares.
 #include "affine_grid_sample.h"
 
+#include "grid_sample.h"
+
 namespace stn_ext {
 
 SampleConfig parse_config(const std::string& mode, const std::string& padding_mode,
                           bool align_corners) {
-  SampleConfig cfg{Interpolation::Bilinear, Padding::Zeros, align_corners};
-  if (mode == "nearest") {
-    cfg.mode = Interpolation::Nearest;
-  } else {
-    TORCH_CHECK_VALUE(mode == "bilinear", "stn_ext: mode must be 'bilinear' or 'nearest', got '",
-                      mode, "'");
-  }
-  if (padding_mode == "border") {
-    cfg.padding = Padding::Border;
-  } else if (padding_mode == "reflection") {
-    cfg.padding = Padding::Reflection;
-  } else {
-    TORCH_CHECK_VALUE(padding_mode == "zeros",
-                      "stn_ext: padding_mode must be 'zeros', 'border' or 'reflection', got '",
-                      padding_mode, "'");
-  }
+  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
+  TORCH_CHECK_VALUE(cfg.mode != Interpolation::Bicubic,
+                    "stn_ext: affine_grid_sample takes mode 'bilinear' or 'nearest' (bicubic is "
+                    "stn_ext::affine_sample's), got '", mode, "'");
   return cfg;
 }
 
@@ -61,9 +51,10 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
 }
 
 at::MemoryFormat output_memory_format(const at::Tensor& input) {
-  const bool channels_last =
-      input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::MemoryFormat channels_last =
+      input.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+  const bool keep = input.is_contiguous(channels_last) && !input.is_contiguous();
+  return keep ? channels_last : at::MemoryFormat::Contiguous;
 }
 
 }  // namespace stn_ext

@@ -34,7 +34,8 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
                          const at::Tensor& theta);
 
 // Calls f(mode, padding) with both as std::integral_constant, so that a kernel templated on
-// them compiles each combination with its branches folded away.
+// them compiles each combination with its branches folded away. Only the modes of
+// affine_grid_sample (parse_config refuses bicubic).
 template <typename F>
 void with_static_config(const SampleConfig& cfg, F&& f) {
   using Bilinear_ = std::integral_constant<Interpolation, Interpolation::Bilinear>;
@@ -47,15 +48,18 @@ void with_static_config(const SampleConfig& cfg, F&& f) {
         return f(mode, std::integral_constant<Padding, Padding::Reflection>{});
     }
   };
-  if (cfg.mode == Interpolation::Bilinear) {
-    with_padding(Bilinear_{});
-  } else {
-    with_padding(Nearest_{});
+  switch (cfg.mode) {
+    case Interpolation::Bilinear:
+      return with_padding(Bilinear_{});
+    case Interpolation::Nearest:
+      return with_padding(Nearest_{});
+    case Interpolation::Bicubic:
+      TORCH_CHECK_NOT_IMPLEMENTED(false, "stn_ext: affine_grid_sample has no bicubic kernel");
   }
 }
 
-// Outputs and input gradients keep channels_last when the input is channels_last (and not also
-// plain contiguous, as with 1x1 images); everything else gets contiguous NCHW.
+// Outputs and input gradients keep channels_last (channels_last_3d for 5-D) when the input has
+// it (and is not also plain contiguous, as with 1x1 images); everything else gets contiguous.
 at::MemoryFormat output_memory_format(const at::Tensor& input);
 
 }  // namespace stn_ext

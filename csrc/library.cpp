@@ -4,12 +4,17 @@
 #include <torch/library.h>
 
 #include "affine_grid_sample.h"
+#include "grid_sample.h"
 
 namespace stn_ext {
 
 TORCH_LIBRARY(stn_ext, m) {
   m.def(kAffineGridSampleSchema);
   m.def(kAffineGridSampleBackwardSchema);
+  m.def(kGridSampleSchema);
+  m.def(kGridSampleBackwardSchema);
+  m.def(kAffineSampleSchema);
+  m.def(kAffineSampleBackwardSchema);
 }
 
 }  // namespace stn_ext

@@ -15,7 +15,9 @@
 
 namespace stn_ext {
 
-enum class Interpolation : int { Bilinear, Nearest };
+// Bilinear is trilinear on 3-D input (PyTorch's naming); Bicubic is 2-D only and taken by the
+// general ops (csrc/grid_sample.h), not by affine_grid_sample.
+enum class Interpolation : int { Bilinear, Nearest, Bicubic };
 enum class Padding : int { Zeros, Border, Reflection };
 
 // Everything a kernel needs to know about the sampling, fixed for one call.

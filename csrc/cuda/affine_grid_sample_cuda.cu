@@ -100,6 +100,8 @@ __device__ inline DeviceTaps<T, index_t> taps_of(const SourcePoint<T>& p, const 
       for (int k = 0; k < 4; ++k) set_tap(k, b.x0 + k % 2, b.y0 + k / 2, ws[k]);
       return t;
     }
+    case Interpolation::Bicubic:  // parse_config refuses it before any launch
+      return t;
   }
   return t;
 }

@@ -28,7 +28,8 @@ from ..functional import checked_arguments
 
 NAMESPACE = "stn_ext_cuda_emulation"
 CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = [CSRC / "affine_grid_sample.cpp", CSRC / "testing" / "cuda_emulation.cpp"]
+SOURCES = [CSRC / "affine_grid_sample.cpp", CSRC / "grid_sample.cpp",
+           CSRC / "testing" / "cuda_emulation.cpp"]
 # The grid-y limit of CUDA devices, which the emulated device has unless a test lowers it.
 CUDA_MAX_GRID_Y = 65535
 
