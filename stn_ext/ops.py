@@ -10,8 +10,9 @@ from . import _C  # noqa: F401  (loading the library registers stn_ext::* and it
 
 def output_memory_format(input: torch.Tensor) -> torch.memory_format:
     """Layout of outputs and input gradients: the C++ side's output_memory_format, mirrored."""
-    channels_last = input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
+    channels_last = torch.channels_last_3d if input.dim() == 5 else torch.channels_last
+    keep = input.is_contiguous(memory_format=channels_last) and not input.is_contiguous()
+    return channels_last if keep else torch.contiguous_format
 
 
 # Devices whose autocast makes the ops run in float32, as F.grid_sample does.
@@ -80,3 +81,66 @@ def _register_autograd(qualname: str, backward_op) -> None:
 
 
 register_sampling_op("affine_grid_sample", python_autograd=False)
+
+
+# The general ops (stn_ext::grid_sample, stn_ext::affine_sample): any rank, mode and fill value.
+# Their autograd is Python's for now (the C++ autograd above saves ~60 us per call, which
+# matters at the STN shape the fused op serves).
+
+def _sampled(input, out_size):
+    return torch.empty((*input.shape[:2], *out_size), dtype=input.dtype, device=input.device,
+                       memory_format=output_memory_format(input))
+
+
+def _general_backward_fake(grad_output, input, coords, mode, padding_mode, align_corners,
+                           fill_value, output_mask):
+    _check_device("grad_output", grad_output, input)
+    grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
+                              memory_format=output_memory_format(input))
+                  if output_mask[0] else input.new_empty(0))
+    grad_coords = torch.empty_like(coords, memory_format=torch.contiguous_format) \
+        if output_mask[1] else coords.new_empty(0)
+    return grad_input, grad_coords
+
+
+@torch.library.register_fake("stn_ext::grid_sample")
+def _grid_sample_fake(input, grid, mode, padding_mode, align_corners, fill_value):
+    _check_device("grid", grid, input)
+    return _sampled(input, grid.shape[1:-1])
+
+
+@torch.library.register_fake("stn_ext::affine_sample")
+def _affine_sample_fake(input, theta, out_size, mode, padding_mode, align_corners, fill_value):
+    _check_device("theta", theta, input)
+    return _sampled(input, out_size)
+
+
+def _register_general_autograd(name: str, arguments: int) -> None:
+    """Autograd of stn_ext::<name> (arguments: its number of arguments): gradients to the input
+    and to its coordinates (grid or theta), none to the options or the fill value."""
+    backward_op = getattr(torch.ops.stn_ext, f"{name}_backward")
+
+    def setup_context(ctx, inputs, output):
+        input, coords, *options = inputs
+        ctx.save_for_backward(input, coords, options[-1])
+        # The options after the output size, if any: mode, padding_mode, align_corners.
+        ctx.sample_args = tuple(options[-4:-1])
+
+    def backward(ctx, grad_output):
+        input, coords, fill = ctx.saved_tensors
+        need = [bool(n) for n in ctx.needs_input_grad[:2]]
+        grad_input, grad_coords = backward_op(grad_output, input, coords, *ctx.sample_args,
+                                              fill, need)
+        return (grad_input if need[0] else None, grad_coords if need[1] else None,
+                *([None] * (arguments - 2)))
+
+    qualname = f"stn_ext::{name}"
+    torch.library.register_fake(f"{qualname}_backward")(_general_backward_fake)
+    for device_type in AUTOCAST_DEVICE_TYPES:
+        torch.library.register_autocast(qualname, device_type, torch.float32)
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+    torch.library.register_autograd(f"{qualname}_backward", _no_double_backward)
+
+
+_register_general_autograd("grid_sample", arguments=6)
+_register_general_autograd("affine_sample", arguments=7)
