@@ -49,17 +49,19 @@ def _float32_if_reduced(t: torch.Tensor) -> torch.Tensor:
 def _size_entry(s, size):
     """An output size entry as F.affine_grid takes it: int, NumPy integer, 0-d integer tensor or
     SymInt."""
-    if isinstance(s, torch.SymInt):
+    if isinstance(s, bool):
+        raise TypeError(f"size must hold integers, got {size!r}")
+    if isinstance(s, (int, torch.SymInt)):  # as they come: torch.compile traces them
         return s
-    if isinstance(s, torch.Tensor) and s.dim() == 0 and not s.is_floating_point() \
-            and not s.is_complex() and s.dtype != torch.bool:
-        return int(s)
-    if not isinstance(s, (bool, torch.Tensor)):
-        try:
-            return operator.index(s)
-        except TypeError:
-            pass
-    raise TypeError(f"size must hold integers, got {size!r}")
+    if isinstance(s, torch.Tensor):
+        if s.dim() == 0 and not s.is_floating_point() and not s.is_complex() \
+                and s.dtype != torch.bool:
+            return int(s)
+        raise TypeError(f"size must hold integers, got {size!r}")
+    try:
+        return operator.index(s)  # NumPy integers
+    except TypeError:
+        raise TypeError(f"size must hold integers, got {size!r}") from None
 
 
 def _output_size(input: torch.Tensor, size) -> tuple:
@@ -150,10 +152,14 @@ def _fill_tensor(fill_value, input: torch.Tensor, padding_mode: str) -> Optional
         if fill_value.requires_grad and torch.is_grad_enabled():
             raise ValueError("fill_value does not take gradients: pass it detached")
         fill = fill_value
-    elif isinstance(fill_value, bool) or not isinstance(fill_value, (int, float, Sequence)):
-        raise TypeError(f"fill_value must be None, a number, a sequence of C numbers or a "
-                        f"tensor, got {type(fill_value).__name__}")
     else:
+        numbers = isinstance(fill_value, (int, float)) or (
+            isinstance(fill_value, Sequence) and not isinstance(fill_value, (str, bytes))
+            and all(isinstance(v, (int, float)) for v in fill_value))
+        if not numbers or isinstance(fill_value, bool) or (
+                isinstance(fill_value, Sequence) and any(isinstance(v, bool) for v in fill_value)):
+            raise TypeError(f"fill_value must be None, a number, a sequence of C numbers or a "
+                            f"tensor, got {fill_value!r}")
         fill = torch.tensor(fill_value, dtype=torch.float64)
     if fill.dim() == 0:
         fill = fill.expand(channels)

@@ -23,7 +23,10 @@ def _theta(n=2, dtype=torch.float32, device="cpu"):
 # id: (arguments of stn_ext.affine_grid_sample, exception type, message regex)
 API_CASES = {
     "input-3d": (lambda: (_x(3, 5, 6), _theta(3)), {}, ValueError, r"input must be 4-D"),
-    "input-5d": (lambda: (_x(2, 3, 4, 5, 6), _theta()), {}, ValueError, r"input must be 4-D"),
+    "input-6d": (lambda: (_x(2, 3, 4, 5, 6, 2), _theta()), {}, ValueError,
+                 r"input must be 4-D \(N, C, H, W\) or 5-D"),
+    "input-5d-theta-2x3": (lambda: (_x(2, 3, 4, 5, 6), _theta()), {}, ValueError,
+                           r"theta must have shape \(N, 3, 4\) for 5-D input"),
     "input-not-tensor": (lambda: (np.zeros((2, 3, 5, 6), np.float32), _theta()), {}, TypeError,
                          r"input must be a torch\.Tensor"),
     "theta-not-tensor": (lambda: (_x(), [[1.0, 0, 0], [0, 1.0, 0]]), {}, TypeError,
@@ -49,8 +52,8 @@ API_CASES = {
                    r"theta must have the dtype of input .*got torch\.bool"),
     "theta-float64": (lambda: (_x(), _theta(dtype=torch.float64)), {}, TypeError,
                       r"theta must have the dtype of input \(torch\.float32\), got torch\.float64"),
-    "mode-bicubic": (lambda: (_x(), _theta()), dict(mode="bicubic"), ValueError,
-                     r"mode must be one of \('bilinear', 'nearest'\), got 'bicubic'"),
+    "mode-area": (lambda: (_x(), _theta()), dict(mode="area"), ValueError,
+                  r"mode must be one of \('bilinear', 'nearest', 'bicubic'\), got 'area'"),
     "mode-case": (lambda: (_x(), _theta()), dict(mode="Bilinear"), ValueError, r"mode must be"),
     "padding-mode": (lambda: (_x(), _theta()), dict(padding_mode="constant"), ValueError,
                      r"padding_mode must be one of .*got 'constant'"),
@@ -162,7 +165,9 @@ RAW_CASES = {
                     r"theta must have the dtype of input"),
     "out-negative": (lambda: _op_args(out_h=-1), ValueError,
                      r"output size must be non-negative, got \(-1, 4\)"),
-    "mode": (lambda: _op_args(mode="bicubic"), ValueError, r"mode must be 'bilinear' or"),
+    "mode": (lambda: _op_args(mode="area"), ValueError, r"mode must be 'bilinear', 'nearest' or"),
+    "mode-bicubic": (lambda: _op_args(mode="bicubic"), ValueError,
+                     r"affine_grid_sample takes mode 'bilinear' or 'nearest'"),
     "padding-mode": (lambda: _op_args(padding_mode="circular"), ValueError,
                      r"padding_mode must be 'zeros', 'border' or 'reflection'"),
     # Another device (meta stands in for a second device here): the dispatcher must not pick
