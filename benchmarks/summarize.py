@@ -20,6 +20,9 @@ from _common import RESULTS_DIR, HelpFormatter  # noqa: E402
 from bench_sampling import BACKENDS, PASSES, shape_label  # noqa: E402
 
 RESULTS_MD = RESULTS_DIR.parent / "RESULTS.md"
+# Hand-written notes on runs (training runs, trials, what was tried and dropped), newest first;
+# RESULTS.md carries them after the generated tables.
+RUN_LOG = RESULTS_DIR / "log.md"
 # Other processes' CPU use (in cores) above which a run is marked as taken on a shared machine.
 SHARED_MACHINE_CORES = 0.25
 
@@ -69,9 +72,7 @@ def load_results(results_dir: Path) -> List[dict]:
         if run.get("benchmark") in ("sampling", "train"):
             run["name"] = path.stem
             runs.append(run)
-    # Per device and day, the sampling run before the training run.
-    return sorted(runs, key=lambda run: (run["device"], run["date"][:10],
-                                         run["benchmark"] != "sampling", run["name"]))
+    return sorted(runs, key=lambda run: run["date"], reverse=True)  # newest first
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -226,6 +227,9 @@ def render(runs: List[dict], results_dir: Path, output: Path) -> str:
                          f"Batch {run['batch']}, recipe `{run['recipe']}`, data: {run['data']}.",
                          "",
                          train_table(run) + skipped_lines(run)]
+    log = results_dir / RUN_LOG.name
+    if log.is_file():
+        sections += ["", log.read_text().rstrip()]
     return "\n".join(sections) + "\n"
 
 

@@ -3,10 +3,14 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+#include <vector>
+
 namespace stn_ext {
 
-SampleConfig parse_general_config(c10::string_view mode, c10::string_view padding_mode,
+SampleConfig parse_general_config(c10::string_view mode_name, c10::string_view padding_name,
                                   bool align_corners) {
+  const std::string mode(mode_name), padding_mode(padding_name);
   SampleConfig cfg{Interpolation::Bilinear, Padding::Zeros, align_corners};
   if (mode == "nearest") {
     cfg.mode = Interpolation::Nearest;
