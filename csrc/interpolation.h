@@ -10,10 +10,11 @@
 
 namespace stn_ext {
 
-// One axis of a stencil. index is only meaningful where inside.
-template <typename T, int kTaps>
+// One axis of a stencil. index is only meaningful where inside. Index: int64_t, or int32_t where
+// the caller bounds the axis size (32-bit loops vectorise on CPUs).
+template <typename T, int kTaps, typename Index = int64_t>
 struct AxisTaps {
-  int64_t index[kTaps];
+  Index index[kTaps];
   bool inside[kTaps];
   T weight[kTaps];
   T d_weight[kTaps];  // d(weight) / d(coordinate), in pixels
@@ -49,10 +50,10 @@ struct NearestPolicy {
   static constexpr int kTaps = 1;
 
   // coord: padded, and not far outside (axis_far_outside).
-  template <typename T>
-  C10_HOST_DEVICE static AxisTaps<T, 1> taps(T coord, int64_t size, const SampleConfig&) {
-    AxisTaps<T, 1> a;
-    a.index[0] = nearest_index(coord);
+  template <typename Index = int64_t, typename T>
+  C10_HOST_DEVICE static AxisTaps<T, 1, Index> taps(T coord, int64_t size, const SampleConfig&) {
+    AxisTaps<T, 1, Index> a;
+    a.index[0] = nearest_index<Index>(coord);
     a.inside[0] = a.index[0] >= 0 && a.index[0] < size;
     a.weight[0] = T(1);
     a.d_weight[0] = T(0);
@@ -65,10 +66,10 @@ struct LinearPolicy {
   static constexpr CoordinateKind kCoordinate = CoordinateKind::Padded;
   static constexpr int kTaps = 2;
 
-  template <typename T>
-  C10_HOST_DEVICE static AxisTaps<T, 2> taps(T coord, int64_t size, const SampleConfig&) {
-    AxisTaps<T, 2> a;
-    const int64_t i0 = floor_in_range(coord);
+  template <typename Index = int64_t, typename T>
+  C10_HOST_DEVICE static AxisTaps<T, 2, Index> taps(T coord, int64_t size, const SampleConfig&) {
+    AxisTaps<T, 2, Index> a;
+    const Index i0 = floor_in_range<Index>(coord);
     const T f0 = T(i0);
     a.index[0] = i0;
     a.index[1] = i0 + 1;
@@ -116,10 +117,10 @@ struct CubicPolicy {
   }
 
   // coord: unpadded and finite; for zeros padding also not far outside.
-  template <typename T>
-  C10_HOST_DEVICE static AxisTaps<T, 4> taps(T coord, int64_t size, const SampleConfig& cfg) {
+  template <typename Index = int64_t, typename T>
+  C10_HOST_DEVICE static AxisTaps<T, 4, Index> taps(T coord, int64_t size, const SampleConfig& cfg) {
     const T A = T(-0.75);
-    AxisTaps<T, 4> a;
+    AxisTaps<T, 4, Index> a;
     const T first = math::floor_(coord);
     const T t = coord - first;
     // UpSample.h's get_cubic_upsample_coefficients ...
@@ -139,7 +140,7 @@ struct CubicPolicy {
     for (int k = 0; k < 4; ++k) {
       const T tap = padded_tap(first + T(k - 1), size, cfg);
       a.inside[k] = tap >= T(0) && tap < T(size);
-      a.index[k] = a.inside[k] ? static_cast<int64_t>(tap) : 0;
+      a.index[k] = a.inside[k] ? static_cast<Index>(tap) : 0;
     }
     return a;
   }

@@ -3,13 +3,15 @@
 //
 // One kernel serves both ops, built from three parts kept apart:
 // - a coordinate source (DenseGrid, AffineMap) gives each output point's normalised source
-//   coordinates and takes their gradient back (to the grid per point, to theta per image);
-// - an interpolation policy (csrc/interpolation.h) gives each axis' taps and weights; Stencil
-//   is their tensor product over the 2 or 3 axes;
+//   coordinates, a row of points at a time, and takes their gradient back (to the grid per
+//   point, to theta per image);
+// - an interpolation policy (csrc/interpolation.h) gives each axis' taps and weights;
+//   RowStencil is their tensor product over the 2 or 3 axes, for a row of points at once
+//   (structure-of-arrays loops, as the fused kernels resolve rows);
 // - padding: border and reflection inside the policy's coordinates, zeros (or the fill value)
 //   for taps outside the image.
-// The forward pass is parallel over output points; the backward pass over images (grad_input
-// is scattered: one image per thread keeps it deterministic for any thread count).
+// The forward pass is parallel over output rows; the backward pass over images (grad_input is
+// scattered: one image per thread keeps it deterministic for any thread count).
 // The 2-D affine bilinear/nearest op without fill (stn_ext::affine_grid_sample) has its own
 // faster kernels (affine_grid_sample_cpu.cpp).
 #include <ATen/ATen.h>
@@ -18,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <limits>
 #include <vector>
@@ -48,12 +51,14 @@ struct Spatial {
     for (int a = 0; a < kDim; ++a) p *= size[a];
     return p;
   }
-  // Axis positions of point p (x fastest) and its element offset.
-  std::array<int64_t, kDim> position(int64_t p) const {
-    std::array<int64_t, kDim> pos;
-    for (int a = 0; a < kDim; ++a) {
-      pos[a] = p % size[a];
-      p /= size[a];
+  // Rows: the points of one image with the same position on every axis but x.
+  int64_t rows() const { return points() / size[0]; }
+  // Axis positions of the first point of row r of an image (x = 0).
+  std::array<int64_t, kDim> row_position(int64_t r) const {
+    std::array<int64_t, kDim> pos{};
+    for (int a = 1; a < kDim; ++a) {
+      pos[a] = r % size[a];
+      r /= size[a];
     }
     return pos;
   }
@@ -65,7 +70,7 @@ struct Spatial {
 };
 
 // Coordinate source: a dense grid (N, *out, kDim) of normalised (x, y[, z]) coordinates, any
-// strides. Its gradient is per point: written to grad_grid.
+// strides. Its gradient is per point: written to grad_grid (GridGradient).
 template <int kDim, typename T, typename scalar_t>
 struct DenseGrid {
   static constexpr bool kPerImageGradient = false;
@@ -79,14 +84,20 @@ struct DenseGrid {
     for (int a = 0; a < kDim; ++a) stride[a] = grid.stride(kDim - a);
   }
 
-  // Per-image state: nothing to load for a dense grid.
   struct Image {
     const DenseGrid& source;
     const scalar_t* points;
-    void coordinates(const std::array<int64_t, kDim>& pos, T* xyz) const {
-      const scalar_t* p = points;
-      for (int a = 0; a < kDim; ++a) p += pos[a] * source.stride[a];
-      for (int a = 0; a < kDim; ++a) xyz[a] = T(p[a * source.coord_stride]);
+    // The normalised coordinates of the `width` points of the row at `row`: xyz[a][w].
+    void row_coordinates(const std::array<int64_t, kDim>& row, int64_t width,
+                         T* const* xyz) const {
+      const scalar_t* first = points;
+      for (int a = 1; a < kDim; ++a) first += row[a] * source.stride[a];
+      const int64_t step = source.stride[0];
+      for (int a = 0; a < kDim; ++a) {
+        const scalar_t* __restrict in = first + a * source.coord_stride;
+        T* __restrict out = xyz[a];
+        for (int64_t w = 0; w < width; ++w) out[w] = T(in[w * step]);
+      }
     }
   };
   Image image(int64_t n) const { return {*this, data + n * n_stride}; }
@@ -97,10 +108,13 @@ template <int kDim, typename scalar_t>
 struct GridGradient {
   scalar_t* data;
   int64_t points;
+  // The gradients g[a][w] of the row of points [first_point, first_point + width) of image n.
   template <typename T>
-  void set(int64_t n, int64_t p, const T* g) const {
-    scalar_t* out = data + (n * points + p) * kDim;
-    for (int a = 0; a < kDim; ++a) out[a] = static_cast<scalar_t>(g[a]);
+  void set_row(int64_t n, int64_t first_point, int64_t width, const T* const* g) const {
+    scalar_t* out = data + (n * points + first_point) * kDim;
+    for (int64_t w = 0; w < width; ++w) {
+      for (int a = 0; a < kDim; ++a) out[w * kDim + a] = static_cast<scalar_t>(g[a][w]);
+    }
   }
 };
 
@@ -109,6 +123,7 @@ struct GridGradient {
 template <int kDim, typename T, typename scalar_t>
 struct AffineMap {
   static constexpr bool kPerImageGradient = true;
+  static constexpr int kThetaSize = kDim * (kDim + 1);
   const scalar_t* data;
   int64_t n_stride, row_stride, col_stride;
   std::array<std::vector<T>, kDim> base;  // base coordinates of each output axis, x first
@@ -127,22 +142,43 @@ struct AffineMap {
   struct Image {
     const AffineMap& source;
     T theta[kDim][kDim + 1];
-    void coordinates(const std::array<int64_t, kDim>& pos, T* xyz) const {
+
+    void row_coordinates(const std::array<int64_t, kDim>& row, int64_t width,
+                         T* const* xyz) const {
+      const T* __restrict base_x = source.base[0].data();
       for (int r = 0; r < kDim; ++r) {
-        // As F.affine_grid: base (x, y[, z], 1) times theta's row, summed in that order.
-        T v = theta[r][0] * source.base[0][pos[0]];
-        for (int c = 1; c < kDim; ++c) v += theta[r][c] * source.base[c][pos[c]];
-        xyz[r] = v + theta[r][kDim];
+        // As F.affine_grid: base (x, y[, z], 1) times theta's row, summed in that order (the
+        // products of the row's constant coordinates are the same for every point).
+        T row_terms[kDim + 1];
+        for (int c = 1; c < kDim; ++c) row_terms[c] = theta[r][c] * source.base[c][row[c]];
+        row_terms[kDim] = theta[r][kDim];
+        const T t0 = theta[r][0];
+        T* __restrict out = xyz[r];
+        for (int64_t w = 0; w < width; ++w) {
+          T v = t0 * base_x[w];
+          for (int c = 1; c <= kDim; ++c) v += row_terms[c];
+          out[w] = v;
+        }
       }
     }
+
     // Chain rule through the map: theta[r][c] takes g[r] times base coordinate c (1 for the
-    // translation column).
-    void add_gradient(const std::array<int64_t, kDim>& pos, const T* g, double* g_theta) const {
+    // translation column), summed over the row in double.
+    void add_row_gradient(const std::array<int64_t, kDim>& row, int64_t width, const T* const* g,
+                          double* g_theta) const {
+      const T* __restrict base_x = source.base[0].data();
       for (int r = 0; r < kDim; ++r) {
-        for (int c = 0; c < kDim; ++c) {
-          g_theta[r * (kDim + 1) + c] += double(g[r]) * double(source.base[c][pos[c]]);
+        const T* __restrict gr = g[r];
+        double sum_x = 0, sum = 0;
+        for (int64_t w = 0; w < width; ++w) {
+          sum_x += double(gr[w]) * double(base_x[w]);
+          sum += double(gr[w]);
         }
-        g_theta[r * (kDim + 1) + kDim] += double(g[r]);
+        g_theta[r * (kDim + 1)] += sum_x;
+        for (int c = 1; c < kDim; ++c) {
+          g_theta[r * (kDim + 1) + c] += sum * double(source.base[c][row[c]]);
+        }
+        g_theta[r * (kDim + 1) + kDim] += sum;
       }
     }
   };
@@ -156,41 +192,121 @@ struct AffineMap {
   }
 };
 
-// The stencil of one sample point: the tensor product of its axes' taps (x fastest), with each
-// tap's offset in an input plane, weight and whether it is inside the image, and for the
-// backward pass each weight's derivative along every axis.
+// Where each point of a row stands (RowStencil::status).
+// Ordered: a point's status is the worst (largest) of its axes'.
+enum PointStatus : int8_t {
+  kHasTaps = 0,    // sampled from its taps
+  kOutside = 1,    // every tap outside (zeros padding): reads the fill value or zero
+  kUndefined = 2,  // a non-finite coordinate (see is_undefined): NaN
+};
+
+constexpr int power(int base, int exponent) { return exponent == 0 ? 1 : base * power(base, exponent - 1); }
+
+// The stencils of one row of sample points, in structure-of-arrays form so that the per-point
+// coordinate and weight math runs in simple loops over the row: per axis, each axis tap's index,
+// insideness, weight and weight derivative; then the tensor product over the axes (flatten):
+// tap k (x fastest) of point w has offset[k][w] in an input plane, weight[k][w], and bit k of
+// mask[w] says whether it is inside the image.
 template <int kDim, typename Policy, typename T>
-struct Stencil {
+struct RowStencil {
   static constexpr int kAxisTaps = Policy::kTaps;
-  static constexpr int kTaps = kDim == 2 ? kAxisTaps * kAxisTaps : kAxisTaps * kAxisTaps * kAxisTaps;
+  static constexpr int kTaps = power(kAxisTaps, kDim);
+  static_assert(kTaps <= 31, "mask bits");
+  static constexpr int32_t kAllInside = (1 << kTaps) - 1;
 
-  enum class Kind { Undefined, Outside, Taps };
-  Kind kind;
-  T d_coord[kDim];  // d(pixel coordinate) / d(normalised coordinate), per axis
-  AxisTaps<T, kAxisTaps> axis[kDim];
+  explicit RowStencil(int64_t width)
+      : width(width), coord(kDim * width), d_coord(kDim * width), status(width),
+        axis_index(kDim * kAxisTaps * width), axis_inside(kDim * kAxisTaps * width),
+        axis_weight(kDim * kAxisTaps * width), axis_d_weight(kDim * kAxisTaps * width),
+        offset(kTaps * width), weight(kTaps * width), mask(width) {}
 
-  // The stencil of the point at normalised coordinates xyz in an input of geometry `in`.
-  static Stencil at(const T* xyz, const Spatial<kDim>& in, const SampleConfig& cfg) {
-    Stencil s;
-    T coord[kDim];
-    bool undefined = false, far = false;
-    for (int a = 0; a < kDim; ++a) {
-      coord[a] = axis_coordinate<Policy::kCoordinate>(xyz[a], in.size[a], cfg, &s.d_coord[a]);
-      undefined |= coord[a] - coord[a] != T(0);  // not finite: see is_undefined
-      far |= axis_far_outside<kAxisTaps>(coord[a], in.size[a]);
-    }
-    // Border and reflection keep every tap inside (nearest and linear fold the point; cubic
-    // folds its taps), so only zeros padding has far points.
-    s.kind = undefined ? Kind::Undefined
-             : far && cfg.padding == Padding::Zeros ? Kind::Outside : Kind::Taps;
-    if (s.kind != Kind::Taps) return s;
-    for (int a = 0; a < kDim; ++a) s.axis[a] = Policy::taps(coord[a], in.size[a], cfg);
-    return s;
+  // Where the coordinate source writes the row's normalised coordinates (axis a at [a]).
+  std::array<T*, kDim> coordinates() {
+    std::array<T*, kDim> xyz;
+    for (int a = 0; a < kDim; ++a) xyz[a] = coord.data() + a * width;
+    return xyz;
   }
 
-  // Tap k's axis indices (x fastest).
-  static std::array<int, kDim> tap_axes(int k) {
-    std::array<int, kDim> t;
+  // The stencils of the row whose normalised coordinates are in coordinates(), in an input of
+  // geometry `in`; offsets for planes of strides `in`.
+  // kPadding a constant, so that the loops have no padding switch; align_corners only scales.
+  template <Padding kPadding>
+  void resolve(const Spatial<kDim>& in, bool align_corners) {
+    const SampleConfig cfg{Policy::kMode, kPadding, align_corners};
+    // Members as locals throughout: stores through the arrays could otherwise alias *this, which
+    // makes the compiler reload every member in every iteration and keeps the loops scalar.
+    const int64_t width = this->width;
+    T* __restrict coords = coord.data();
+    T* __restrict d_coords = d_coord.data();
+    int8_t* __restrict st = status.data();
+    for (int a = 0; a < kDim; ++a) {
+      T* __restrict c = coords + a * width;
+      T* __restrict d = d_coords + a * width;
+      const int64_t size = in.size[a];
+      for (int64_t w = 0; w < width; ++w) {
+        c[w] = axis_coordinate<Policy::kCoordinate>(c[w], size, cfg, &d[w]);
+      }
+    }
+    for (int64_t w = 0; w < width; ++w) st[w] = 0;
+    for (int a = 0; a < kDim; ++a) {
+      const T* __restrict c = coords + a * width;
+      const int64_t size = in.size[a];
+      for (int64_t w = 0; w < width; ++w) {
+        const bool undefined = !(c[w] - c[w] == T(0));
+        // Border and reflection keep every tap inside (nearest and linear fold the point;
+        // cubic folds its taps), so only zeros padding has far points.
+        const bool far = kPadding == Padding::Zeros && axis_far_outside<kAxisTaps>(c[w], size);
+        const int8_t axis_status = undefined ? kUndefined : far ? kOutside : kHasTaps;
+        st[w] = std::max(st[w], axis_status);  // the worst over the axes
+      }
+    }
+    int32_t* __restrict index = axis_index.data();
+    int8_t* __restrict inside = axis_inside.data();
+    T* __restrict axis_w = axis_weight.data();
+    T* __restrict axis_dw = axis_d_weight.data();
+    for (int a = 0; a < kDim; ++a) {
+      T* __restrict c = coords + a * width;
+      // A point without taps moves where its taps are harmless (outside, or clipped inside),
+      // so the tap loops need no special case; status keeps what it is.
+      for (int64_t w = 0; w < width; ++w) c[w] = st[w] != kHasTaps ? T(-kAxisTaps - 2) : c[w];
+      const int64_t size = in.size[a];
+      for (int64_t w = 0; w < width; ++w) {
+        const AxisTaps<T, kAxisTaps, int32_t> t = Policy::template taps<int32_t>(c[w], size, cfg);
+        for (int k = 0; k < kAxisTaps; ++k) {
+          const int64_t i = (a * kAxisTaps + k) * width + w;
+          index[i] = t.inside[k] ? t.index[k] : 0;
+          inside[i] = t.inside[k];
+          axis_w[i] = t.weight[k];
+          axis_dw[i] = t.d_weight[k];
+        }
+      }
+    }
+    flatten(in, offset.data());
+    T* __restrict tap_weight = weight.data();
+    int32_t* __restrict m = mask.data();
+    for (int64_t w = 0; w < width; ++w) m[w] = 0;
+    for (int k = 0; k < kTaps; ++k) {
+      const std::array<int, kDim> t = tap_axes(k);
+      T* __restrict wk = tap_weight + k * width;
+      // Weights multiplied x, y, z in turn, as ATen's corner weights.
+      const T* __restrict wx = axis_w + t[0] * width;
+      const int8_t* __restrict in_x = inside + t[0] * width;
+      for (int64_t w = 0; w < width; ++w) wk[w] = wx[w];
+      for (int64_t w = 0; w < width; ++w) m[w] |= int32_t(in_x[w] & (st[w] == kHasTaps)) << k;
+      for (int a = 1; a < kDim; ++a) {
+        const T* __restrict aw = axis_w + (a * kAxisTaps + t[a]) * width;
+        const int8_t* __restrict ai = inside + (a * kAxisTaps + t[a]) * width;
+        for (int64_t w = 0; w < width; ++w) {
+          wk[w] *= aw[w];
+          m[w] &= ~(int32_t(!ai[w]) << k);
+        }
+      }
+    }
+  }
+
+  // Tap k's axis taps (x fastest).
+  static constexpr std::array<int, kDim> tap_axes(int k) {
+    std::array<int, kDim> t{};
     for (int a = 0; a < kDim; ++a) {
       t[a] = k % kAxisTaps;
       k /= kAxisTaps;
@@ -198,38 +314,49 @@ struct Stencil {
     return t;
   }
 
-  // Offsets (in an input plane of strides `in`), weights and insideness of all taps.
-  void flatten(const Spatial<kDim>& in, int64_t* offset, T* weight, bool* inside) const {
+  // Offsets of every tap in planes of strides g (input and grad_input may differ): out[k][w].
+  void flatten(const Spatial<kDim>& g, int64_t* out) const {
+    const int64_t width = this->width;
+    const int32_t* __restrict index = axis_index.data();
     for (int k = 0; k < kTaps; ++k) {
       const std::array<int, kDim> t = tap_axes(k);
-      // Weights multiplied x, y, z in turn, as ATen's corner weights.
-      T w = axis[0].weight[t[0]];
-      bool in_image = axis[0].inside[t[0]];
-      int64_t o = in_image ? axis[0].index[t[0]] * in.stride[0] : 0;
-      for (int a = 1; a < kDim; ++a) {
-        w *= axis[a].weight[t[a]];
-        in_image &= axis[a].inside[t[a]];
-        o += axis[a].inside[t[a]] ? axis[a].index[t[a]] * in.stride[a] : 0;
+      int64_t* __restrict o = out + k * width;
+      for (int64_t w = 0; w < width; ++w) o[w] = 0;
+      for (int a = 0; a < kDim; ++a) {
+        const int32_t* __restrict idx = index + (a * kAxisTaps + t[a]) * width;
+        const int64_t stride = g.stride[a];
+        for (int64_t w = 0; w < width; ++w) o[w] += int64_t(idx[w]) * stride;
       }
-      offset[k] = o;
-      weight[k] = w;
-      inside[k] = in_image;
     }
   }
 
-  // d(weight of tap k) / d(pixel coordinate of axis a), for every tap and axis.
-  void weight_derivatives(T (*d_weight)[kDim]) const {
+  // d(weight of tap k) / d(pixel coordinate of axis a) of every point: out[(k * kDim + a)][w].
+  void weight_derivatives(T* out) const {
+    const int64_t width = this->width;
+    const T* __restrict axis_w = axis_weight.data();
+    const T* __restrict axis_dw = axis_d_weight.data();
     for (int k = 0; k < kTaps; ++k) {
       const std::array<int, kDim> t = tap_axes(k);
       for (int a = 0; a < kDim; ++a) {
-        T d = T(1);
+        T* __restrict o = out + (k * kDim + a) * width;
+        for (int64_t w = 0; w < width; ++w) o[w] = T(1);
         for (int b = 0; b < kDim; ++b) {
-          d *= b == a ? axis[b].d_weight[t[b]] : axis[b].weight[t[b]];
+          const T* __restrict f = (b == a ? axis_dw : axis_w) + (b * kAxisTaps + t[b]) * width;
+          for (int64_t w = 0; w < width; ++w) o[w] *= f[w];
         }
-        d_weight[k][a] = d;
       }
     }
   }
+
+  int64_t width;
+  std::vector<T> coord, d_coord;  // [a][w]: coordinates (normalised, then pixels) and d(pixel)/d(normalised)
+  std::vector<int8_t> status;     // PointStatus
+  std::vector<int32_t> axis_index;  // [a][k][w]
+  std::vector<int8_t> axis_inside;
+  std::vector<T> axis_weight, axis_d_weight;
+  std::vector<int64_t> offset;  // [k][w], in input planes
+  std::vector<T> weight;        // [k][w]
+  std::vector<int32_t> mask;    // [w]
 };
 
 // Fill values as the kernels read them: one per channel in the compute type, or none (taps
@@ -245,131 +372,168 @@ std::vector<T> fill_values(const c10::optional<at::Tensor>& fill) {
 }
 
 template <int kDim, typename Policy, Padding kPadding, typename scalar_t, typename Source>
-void forward_kernel(const at::Tensor& input, const Source& source, const std::vector<at::opmath_type<scalar_t>>& fill,
-                    at::Tensor& output, bool align_corners) {
+void forward_kernel(const at::Tensor& input, const Source& source,
+                    const std::vector<at::opmath_type<scalar_t>>& fill, at::Tensor& output,
+                    bool align_corners) {
   using T = at::opmath_type<scalar_t>;
-  using S = Stencil<kDim, Policy, T>;
-  const SampleConfig cfg{Policy::kMode, kPadding, align_corners};
+  using Row = RowStencil<kDim, Policy, T>;
   const Spatial<kDim> in(input), out(output);
-  const int64_t points = out.points(), channels = in.channels;
+  const int64_t width = out.size[0], rows = out.rows(), channels = in.channels;
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
   const bool has_fill = !fill.empty();
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, channels * S::kTaps));
-  at::parallel_for(0, output.size(0) * points, grain,
-                   [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width * channels * Row::kTaps));
+  at::parallel_for(0, output.size(0) * rows, grain, [&](int64_t begin, int64_t end) {
+    Row row(width);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / points, p = i % points;
-      const std::array<int64_t, kDim> pos = out.position(p);
-      T xyz[kDim];
-      source.image(n).coordinates(pos, xyz);
-      const S s = S::at(xyz, in, cfg);
-      scalar_t* o = out_ptr + n * out.n_stride + out.offset(pos);
-      if (s.kind != S::Kind::Taps) {
-        for (int64_t c = 0; c < channels; ++c) {
-          o[c * out.c_stride] = static_cast<scalar_t>(
-              s.kind == S::Kind::Undefined ? std::numeric_limits<T>::quiet_NaN()
-              : has_fill                   ? fill[c] : T(0));
-        }
-        continue;
-      }
-      int64_t offset[S::kTaps];
-      T weight[S::kTaps];
-      bool inside[S::kTaps];
-      s.flatten(in, offset, weight, inside);
+      const int64_t n = i / rows;
+      const std::array<int64_t, kDim> pos = out.row_position(i % rows);
+      source.image(n).row_coordinates(pos, width, row.coordinates().data());
+      row.template resolve<kPadding>(in, align_corners);
       const scalar_t* image = in_ptr + n * in.n_stride;
-      for (int64_t c = 0; c < channels; ++c) {
-        const scalar_t* plane = image + c * in.c_stride;
-        const T outside_value = has_fill ? fill[c] : T(0);
-        T acc = T(0);
-        for (int k = 0; k < S::kTaps; ++k) {
-          if (inside[k]) {
-            acc += weight[k] * T(plane[offset[k]]);
-          } else if (has_fill) {
-            acc += weight[k] * outside_value;
+      scalar_t* out_row = out_ptr + n * out.n_stride + out.offset(pos);
+      for (int64_t w = 0; w < width; ++w) {
+        scalar_t* o = out_row + w * out.stride[0];
+        const int8_t status = row.status[w];
+        if (status != kHasTaps) {
+          for (int64_t c = 0; c < channels; ++c) {
+            o[c * out.c_stride] = static_cast<scalar_t>(
+                status == kUndefined ? std::numeric_limits<T>::quiet_NaN()
+                : has_fill           ? fill[c] : T(0));
           }
+          continue;
         }
-        o[c * out.c_stride] = static_cast<scalar_t>(acc);
+        int64_t offset[Row::kTaps];
+        T weight[Row::kTaps];
+        for (int k = 0; k < Row::kTaps; ++k) {
+          offset[k] = row.offset[k * width + w];
+          weight[k] = row.weight[k * width + w];
+        }
+        const int32_t mask = row.mask[w];
+        const scalar_t* plane = image;
+        if (mask == Row::kAllInside) {  // the common case: no tap in the padding
+          for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
+            T acc = T(0);
+            for (int k = 0; k < Row::kTaps; ++k) acc += weight[k] * T(plane[offset[k]]);
+            o[c * out.c_stride] = static_cast<scalar_t>(acc);
+          }
+          continue;
+        }
+        for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
+          const T outside_value = has_fill ? fill[c] : T(0);
+          T acc = T(0);
+          for (int k = 0; k < Row::kTaps; ++k) {
+            if ((mask >> k) & 1) {
+              acc += weight[k] * T(plane[offset[k]]);
+            } else if (has_fill) {
+              acc += weight[k] * outside_value;
+            }
+          }
+          o[c * out.c_stride] = static_cast<scalar_t>(acc);
+        }
       }
     }
   });
 }
 
 // grad_in_t is the opmath type (float for half and bfloat16: the caller casts back).
-// per_image_gradient: 2-D or 3-D theta gradients, kDim * (kDim + 1) doubles per image
-// (AffineMap); grid_gradient: grad_grid (DenseGrid).
+// per_image_gradient: theta gradients, kDim * (kDim + 1) doubles per image (AffineMap);
+// grid_gradient: grad_grid (DenseGrid).
 template <int kDim, typename Policy, Padding kPadding, typename scalar_t, typename Source,
           typename grad_in_t>
 void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const Source& source,
                      const std::vector<at::opmath_type<scalar_t>>& fill, bool align_corners,
-                     grad_in_t* grad_in_ptr, const Spatial<kDim>* grad_in_geometry,
-                     double* per_image_gradient,
+                     grad_in_t* grad_in_ptr,
+                     const Spatial<kDim>& gin, double* per_image_gradient,
                      const GridGradient<kDim, scalar_t>* grid_gradient) {
   using T = at::opmath_type<scalar_t>;
-  using S = Stencil<kDim, Policy, T>;
+  using Row = RowStencil<kDim, Policy, T>;
   constexpr int kThetaSize = kDim * (kDim + 1);
-  const SampleConfig cfg{Policy::kMode, kPadding, align_corners};
   const Spatial<kDim> in(input), gout(grad_output);
-  const int64_t points = gout.points(), channels = in.channels;
+  const int64_t width = gout.size[0], rows = gout.rows(), channels = in.channels;
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* gout_ptr = grad_output.const_data_ptr<scalar_t>();
   const bool has_fill = !fill.empty();
   const bool want_coordinates = per_image_gradient != nullptr || grid_gradient != nullptr;
   // Nearest sampling is piecewise constant: its coordinate gradient is zero, nothing to compute.
   const bool coordinate_work = want_coordinates && Policy::kMode != Interpolation::Nearest;
+  const bool same_layout = grad_in_ptr != nullptr && gin.stride == in.stride;
 
   at::parallel_for(0, input.size(0), 1, [&](int64_t begin, int64_t end) {
+    Row row(width);
+    std::vector<int64_t> gin_offset_storage(grad_in_ptr != nullptr && !same_layout ? Row::kTaps * width : 0);
+    std::vector<T> d_weight(coordinate_work ? Row::kTaps * kDim * width : 0);
+    std::vector<T> g_coord_storage(kDim * width);
+    std::array<T*, kDim> g_coord;
+    for (int a = 0; a < kDim; ++a) g_coord[a] = g_coord_storage.data() + a * width;
     for (int64_t n = begin; n < end; ++n) {
       const auto image = source.image(n);
       double g_theta[kThetaSize] = {};
       bool image_undefined = false;
-      for (int64_t p = 0; p < points; ++p) {
-        const std::array<int64_t, kDim> pos = gout.position(p);
-        T xyz[kDim];
-        image.coordinates(pos, xyz);
-        const S s = S::at(xyz, in, cfg);
-        T g_coord[kDim] = {};
-        if (s.kind == S::Kind::Undefined && coordinate_work) {
-          for (int a = 0; a < kDim; ++a) g_coord[a] = std::numeric_limits<T>::quiet_NaN();
-          image_undefined = true;
+      for (int64_t r = 0; r < rows; ++r) {
+        const std::array<int64_t, kDim> pos = gout.row_position(r);
+        image.row_coordinates(pos, width, row.coordinates().data());
+        row.template resolve<kPadding>(in, align_corners);
+        const int64_t* gin_offset = row.offset.data();
+        if (grad_in_ptr != nullptr && !same_layout) {
+          row.flatten(gin, gin_offset_storage.data());
+          gin_offset = gin_offset_storage.data();
         }
-        if (s.kind == S::Kind::Taps) {
-          int64_t offset[S::kTaps], gin_offset[S::kTaps];
-          T weight[S::kTaps];
-          bool inside[S::kTaps];
-          T d_weight[S::kTaps][kDim];
-          s.flatten(in, offset, weight, inside);
-          if (grad_in_ptr != nullptr) s.flatten(*grad_in_geometry, gin_offset, weight, inside);
-          if (coordinate_work) s.weight_derivatives(d_weight);
-          const scalar_t* g_ptr = gout_ptr + n * gout.n_stride + gout.offset(pos);
-          const scalar_t* in_image = in_ptr + n * in.n_stride;
+        if (coordinate_work) row.weight_derivatives(d_weight.data());
+        const scalar_t* g_row = gout_ptr + n * gout.n_stride + gout.offset(pos);
+        const scalar_t* in_image = in_ptr + n * in.n_stride;
+        grad_in_t* gin_image = grad_in_ptr != nullptr ? grad_in_ptr + n * gin.n_stride : nullptr;
+        for (int64_t w = 0; w < width; ++w) {
+          const int8_t status = row.status[w];
           T g_pixel[kDim] = {};
-          for (int64_t c = 0; c < channels; ++c) {
-            const T g = T(g_ptr[c * gout.c_stride]);
-            if (grad_in_ptr != nullptr) {
-              grad_in_t* plane = grad_in_ptr + n * grad_in_geometry->n_stride +
-                                 c * grad_in_geometry->c_stride;
-              for (int k = 0; k < S::kTaps; ++k) {
-                if (inside[k]) plane[gin_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
-              }
-            }
-            if (coordinate_work) {
-              const scalar_t* plane = in_image + c * in.c_stride;
-              for (int k = 0; k < S::kTaps; ++k) {
-                // Without a fill, taps outside read zero and add nothing, even where g is not
-                // finite (as ATen, which skips them).
-                if (!inside[k] && !has_fill) continue;
-                const T v = inside[k] ? T(plane[offset[k]]) : fill[c];
-                for (int a = 0; a < kDim; ++a) g_pixel[a] += g * v * d_weight[k][a];
-              }
-            }
+          if (status == kUndefined && coordinate_work) {
+            for (int a = 0; a < kDim; ++a) g_pixel[a] = std::numeric_limits<T>::quiet_NaN();
+            image_undefined = true;
           }
-          for (int a = 0; a < kDim; ++a) g_coord[a] = g_pixel[a] * s.d_coord[a];
+          if (status == kHasTaps) {
+            const int32_t mask = row.mask[w];
+            // The pixel's taps in registers for the channel loop.
+            int64_t in_offset[Row::kTaps], grad_offset[Row::kTaps];
+            T weight[Row::kTaps], d_w[Row::kTaps][kDim];
+            for (int k = 0; k < Row::kTaps; ++k) {
+              in_offset[k] = row.offset[k * width + w];
+              grad_offset[k] = gin_offset[k * width + w];
+              weight[k] = row.weight[k * width + w];
+              for (int a = 0; a < kDim; ++a) {
+                d_w[k][a] = coordinate_work ? d_weight[(k * kDim + a) * width + w] : T(0);
+              }
+            }
+            const scalar_t* g_ptr = g_row + w * gout.stride[0];
+            for (int64_t c = 0; c < channels; ++c) {
+              const T g = T(g_ptr[c * gout.c_stride]);
+              if (gin_image != nullptr) {
+                grad_in_t* plane = gin_image + c * gin.c_stride;
+                for (int k = 0; k < Row::kTaps; ++k) {
+                  if ((mask >> k) & 1) plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
+                }
+              }
+              if (coordinate_work) {
+                const scalar_t* plane = in_image + c * in.c_stride;
+                for (int k = 0; k < Row::kTaps; ++k) {
+                  const bool inside = (mask >> k) & 1;
+                  // Without a fill, taps outside read zero and add nothing, even where g is not
+                  // finite (as ATen, which skips them).
+                  if (!inside && !has_fill) continue;
+                  const T gv = g * (inside ? T(plane[in_offset[k]]) : fill[c]);
+                  for (int a = 0; a < kDim; ++a) g_pixel[a] += gv * d_w[k][a];
+                }
+              }
+            }
+            for (int a = 0; a < kDim; ++a) g_pixel[a] *= row.d_coord[a * width + w];
+          }
+          for (int a = 0; a < kDim; ++a) g_coord[a][w] = g_pixel[a];
         }
         if constexpr (Source::kPerImageGradient) {
-          if (per_image_gradient != nullptr) image.add_gradient(pos, g_coord, g_theta);
+          if (per_image_gradient != nullptr) {
+            image.add_row_gradient(pos, width, g_coord.data(), g_theta);
+          }
         } else {
-          if (grid_gradient != nullptr) grid_gradient->set(n, p, g_coord);
+          if (grid_gradient != nullptr) grid_gradient->set_row(n, r * width, width, g_coord.data());
         }
       }
       if (per_image_gradient != nullptr) {
@@ -418,6 +582,17 @@ void with_static_config(int64_t dim, const SampleConfig& cfg, F&& f) {
   }
 }
 
+// Pixel indices along an axis are int32 in the row loops (an index plus the stencil's reach must
+// fit).
+constexpr int64_t kMaxAxisSize = std::numeric_limits<int32_t>::max() - 8;
+
+void check_axis_sizes(const at::Tensor& input) {
+  for (int64_t d = 2; d < input.dim(); ++d) {
+    TORCH_CHECK_VALUE(input.size(d) <= kMaxAxisSize, "stn_ext: the CPU kernels take input "
+                      "spatial sizes up to ", kMaxAxisSize, ", got input of sizes ", input.sizes());
+  }
+}
+
 at::Tensor new_output(const at::Tensor& input, at::IntArrayRef out_size) {
   std::vector<int64_t> sizes = {input.size(0), input.size(1)};
   sizes.insert(sizes.end(), out_size.begin(), out_size.end());
@@ -427,6 +602,7 @@ at::Tensor new_output(const at::Tensor& input, at::IntArrayRef out_size) {
 template <typename MakeSource>
 at::Tensor sample_cpu(const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
                       const c10::optional<at::Tensor>& fill, MakeSource make_source) {
+  check_axis_sizes(input);
   at::Tensor output = new_output(input, out_size);
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sample_cpu", [&] {
@@ -449,6 +625,7 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& coordinates,
     const SampleConfig& cfg, const c10::optional<at::Tensor>& fill,
     std::array<bool, 2> output_mask, bool per_image, MakeSource make_source) {
+  check_axis_sizes(input);
   at::Tensor grad_input_acc =
       output_mask[0] ? at::zeros_like(input, input.options().dtype(at::toOpMathType(input.scalar_type())),
                                       output_memory_format(input))
@@ -473,7 +650,7 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(
                 output_mask[1] && !per_image ? grad_coordinates.mutable_data_ptr<scalar_t>() : nullptr,
                 gout.points()};
             backward_kernel<kDim, decltype(policy), decltype(padding)::value, scalar_t>(
-                grad_output, input, source, fill_of_channel, cfg.align_corners, gin_ptr, &gin,
+                grad_output, input, source, fill_of_channel, cfg.align_corners, gin_ptr, gin,
                 output_mask[1] && per_image ? grad_coordinates.mutable_data_ptr<double>() : nullptr,
                 output_mask[1] && !per_image ? &grid_gradient : nullptr);
           });
