@@ -54,7 +54,7 @@ struct NearestPolicy {
   C10_HOST_DEVICE static AxisTaps<T, 1, Index> taps(T coord, int64_t size, const SampleConfig&) {
     AxisTaps<T, 1, Index> a;
     a.index[0] = nearest_index<Index>(coord);
-    a.inside[0] = a.index[0] >= 0 && a.index[0] < size;
+    a.inside[0] = (a.index[0] >= 0) & (a.index[0] < size);  // &, not &&: no branch
     a.weight[0] = T(1);
     a.d_weight[0] = T(0);
     return a;
@@ -77,7 +77,7 @@ struct LinearPolicy {
     a.weight[1] = coord - f0;
     a.d_weight[0] = T(-1);
     a.d_weight[1] = T(1);
-    for (int k = 0; k < 2; ++k) a.inside[k] = a.index[k] >= 0 && a.index[k] < size;
+    for (int k = 0; k < 2; ++k) a.inside[k] = (a.index[k] >= 0) & (a.index[k] < size);
     return a;
   }
 };
@@ -139,7 +139,7 @@ struct CubicPolicy {
     a.d_weight[3] = -((T(3) * A * x - T(10) * A) * x + T(8) * A);
     for (int k = 0; k < 4; ++k) {
       const T tap = padded_tap(first + T(k - 1), size, cfg);
-      a.inside[k] = tap >= T(0) && tap < T(size);
+      a.inside[k] = (tap >= T(0)) & (tap < T(size));
       a.index[k] = a.inside[k] ? static_cast<Index>(tap) : 0;
     }
     return a;
