@@ -1,6 +1,7 @@
-"""Affine-grid + grid-sample microbenchmark: every backend that runs on the device, side by side,
-for the forward pass, the backward pass alone and both, with milliseconds, effective bandwidth
-and speedup over PyTorch's own two ops. On a CPU the backends are timed in alternating rounds
+"""Grid-sampling microbenchmark: every backend that runs on the device, side by side, for the
+forward pass, the backward pass alone and both, with milliseconds, effective bandwidth and
+speedup over PyTorch's own ops. Workloads: stn_ext.affine_grid_sample (2-D, and a 3-D volume) and
+stn_ext.grid_sample with a smooth dense grid (bilinear and bicubic). On a CPU the backends are timed in alternating rounds
 and a speedup is the median of the per-round ratios, so the machine's drift cancels out.
 
     python benchmarks/bench_sampling.py --device cpu --json          # full run, recorded under
@@ -8,8 +9,8 @@ and a speedup is the median of the per-round ratios, so the machine's drift canc
     python benchmarks/bench_sampling.py --device cuda --json $OUT/sampling.json
     python benchmarks/bench_sampling.py --quick                      # under 2 min on 2 CPU cores
 
-Backends: torch (F.affine_grid + F.grid_sample, eager), torch-compile (the same composition under
-torch.compile), and ours: cpu on CPU, cuda and triton on GPU (triton on CPU would only run
+Backends: torch (F.affine_grid + F.grid_sample, or F.grid_sample, eager), torch-compile (the same
+under torch.compile), and ours: cpu on CPU, cuda and triton on GPU (triton on CPU would only run
 interpreted, far too slowly to time).
 """
 import argparse
@@ -28,13 +29,25 @@ from _common import (COPY_BENCH_BYTES, HelpFormatter, Stopwatch, add_common_argu
                      parse_checked, resolve_json_path, run_metadata, side_by_side_ms,
                      write_json)
 
-# name -> (N, C, H, W, Ho, Wo): input (N, C, H, W) sampled to (Ho, Wo).
+AFFINE, GRID = "affine_grid_sample", "grid_sample"
+
+
+@dataclass(frozen=True)
+class Workload:
+    op: str  # AFFINE (theta) or GRID (a smooth random dense grid)
+    shape: tuple  # the input's shape, then the output's spatial size
+    mode: Optional[str] = None  # None: --mode
+
+
 SHAPES = {
-    "stn": (64, 3, 32, 32, 32, 32),  # the CIFAR-10 STN's training step
-    "batch256": (256, 3, 32, 32, 32, 32),
-    "features": (32, 64, 64, 64, 64, 64),  # a feature map deep in a network
-    "large": (8, 3, 1024, 1024, 1024, 1024),
-    "upsample": (16, 3, 256, 256, 512, 512),
+    "stn": Workload(AFFINE, (64, 3, 32, 32, 32, 32)),  # the CIFAR-10 STN's training step
+    "batch256": Workload(AFFINE, (256, 3, 32, 32, 32, 32)),
+    "features": Workload(AFFINE, (32, 64, 64, 64, 64, 64)),  # a feature map deep in a network
+    "large": Workload(AFFINE, (8, 3, 1024, 1024, 1024, 1024)),
+    "upsample": Workload(AFFINE, (16, 3, 256, 256, 512, 512)),
+    "grid": Workload(GRID, (64, 3, 32, 32, 32, 32)),  # flow warping at the STN's size
+    "grid-bicubic": Workload(GRID, (64, 3, 32, 32, 32, 32), "bicubic"),
+    "volume": Workload(AFFINE, (4, 8, 32, 32, 32, 32, 32, 32)),  # 3-D registration
 }
 # These also run in bfloat16 and in channels_last (the other shapes in float32 only).
 VARIANT_SHAPES = ("batch256", "features")
@@ -48,9 +61,23 @@ ALIGN_CORNERS = False
 @dataclass(frozen=True)
 class Case:
     shape_name: str
-    shape: tuple  # (N, C, H, W, Ho, Wo)
+    op: str
+    shape: tuple  # input shape, then output spatial size
+    mode: str
     dtype: torch.dtype
     channels_last: bool
+
+    @property
+    def dims(self) -> int:
+        return (len(self.shape) - 2) // 2
+
+    @property
+    def input_shape(self) -> tuple:
+        return self.shape[:2 + self.dims]
+
+    @property
+    def out_size(self) -> tuple:
+        return self.shape[2 + self.dims:]
 
     @property
     def dtype_name(self) -> str:
@@ -61,23 +88,28 @@ class Case:
         return "channels_last" if self.channels_last else "contiguous"
 
 
-def cases(shape_names: Sequence[str], with_variants: bool) -> Iterator[Case]:
+def cases(shape_names: Sequence[str], with_variants: bool, mode: str) -> Iterator[Case]:
     for name in shape_names:
-        yield Case(name, SHAPES[name], torch.float32, False)
+        w = SHAPES[name]
+        case = functools.partial(Case, name, w.op, w.shape, w.mode or mode)
+        yield case(torch.float32, False)
         if with_variants and name in VARIANT_SHAPES:
-            yield Case(name, SHAPES[name], torch.bfloat16, False)
-            yield Case(name, SHAPES[name], torch.float32, True)
+            yield case(torch.bfloat16, False)
+            yield case(torch.float32, True)
 
 
 def bytes_moved(case: Case, pass_name: str) -> int:
-    """The bytes a pass must move at least: the forward reads input and theta and writes the
-    output; the backward reads grad_output, input and theta and writes grad_input and
-    grad_theta; fwd+bwd is both (two kernels, so input and theta are read twice)."""
-    n, c, h, w, out_h, out_w = case.shape
+    """The bytes a pass must move at least: the forward reads input and theta (or the grid) and
+    writes the output; the backward reads grad_output, input and theta (grid) and writes
+    grad_input and grad_theta (grad_grid); fwd+bwd is both (two kernels, so input and theta are
+    read twice)."""
+    n, c = case.shape[:2]
     element_size = torch.empty((), dtype=case.dtype).element_size()
-    input_bytes = n * c * h * w * element_size
-    output_bytes = n * c * out_h * out_w * element_size
-    theta_bytes = n * 6 * element_size
+    input_bytes = math.prod(case.input_shape) * element_size
+    output_bytes = n * c * math.prod(case.out_size) * element_size
+    coords = (n * case.dims * (case.dims + 1) if case.op == AFFINE
+              else n * math.prod(case.out_size) * case.dims)
+    theta_bytes = coords * element_size
     forward = input_bytes + theta_bytes + output_bytes
     backward = output_bytes + input_bytes + theta_bytes + input_bytes + theta_bytes
     return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[pass_name]
@@ -101,15 +133,20 @@ def torch_composition(input, theta, out_size, mode, padding_mode):
                          align_corners=ALIGN_CORNERS)
 
 
-def make_sampler(backend: str, out_size, mode: str, padding_mode: str) -> Callable:
-    """(input, theta) -> output for a backend."""
+def make_sampler(backend: str, case: Case, padding_mode: str) -> Callable:
+    """(input, theta or grid) -> output for a backend."""
+    options = dict(mode=case.mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
     if backend in ("torch", "torch-compile"):
-        sampler = functools.partial(torch_composition, out_size=out_size, mode=mode,
-                                    padding_mode=padding_mode)
+        if case.op == AFFINE:
+            sampler = functools.partial(torch_composition, out_size=case.out_size,
+                                        mode=case.mode, padding_mode=padding_mode)
+        else:
+            sampler = functools.partial(F.grid_sample, **options)
         return sampler if backend == "torch" else torch.compile(sampler)
-    return functools.partial(stn_ext.affine_grid_sample, size=out_size, mode=mode,
-                             padding_mode=padding_mode, align_corners=ALIGN_CORNERS,
-                             backend=backend)
+    if case.op == AFFINE:
+        return functools.partial(stn_ext.affine_grid_sample, size=case.out_size, **options,
+                                 backend=backend)
+    return functools.partial(stn_ext.grid_sample, **options, backend=backend)
 
 
 def random_affine(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -123,32 +160,54 @@ def random_affine(n: int, generator: torch.Generator) -> torch.Tensor:
                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
 
 
+def random_affine_3d(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Near-identity 3-D maps: the identity plus up to ~0.1 of rotation, shear and shift."""
+    return torch.eye(3, 4) + 0.1 * (torch.rand(n, 3, 4, generator=generator) - 0.5) * 2
+
+
+def smooth_grid(n: int, out_size: tuple, generator: torch.Generator) -> torch.Tensor:
+    """The identity grid plus a smooth random displacement of up to ~5% of the image (a 4x4
+    field of offsets, upsampled bilinearly): what optical flow or a deformation looks like."""
+    dims = len(out_size)
+    identity = F.affine_grid(torch.eye(dims, dims + 1).expand(n, dims, dims + 1),
+                             [n, 1, *out_size], align_corners=ALIGN_CORNERS)
+    coarse = torch.randn(n, dims, *([4] * dims), generator=generator)
+    upsample = "bilinear" if dims == 2 else "trilinear"
+    field = F.interpolate(coarse, size=out_size, mode=upsample, align_corners=True)
+    return identity + 0.05 * field.movedim(1, -1)
+
+
 @dataclass
 class Tensors:
     input: torch.Tensor
-    theta: torch.Tensor
+    coords: torch.Tensor  # theta or grid
     grad_output: torch.Tensor
 
 
 def make_tensors(case: Case, device: torch.device) -> Tensors:
     """Random inputs that require grad, and a grad_output in the input's layout (the same for
     every backend, so that the backward passes read the same memory)."""
-    n, c, h, w, out_h, out_w = case.shape
+    n, c = case.shape[:2]
     generator = torch.Generator().manual_seed(0)
-    memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
+    channels_last = torch.channels_last if case.dims == 2 else torch.channels_last_3d
+    memory_format = channels_last if case.channels_last else torch.contiguous_format
 
     def tensor(*size):
         values = torch.randn(*size, generator=generator)
         return values.to(device, case.dtype).contiguous(memory_format=memory_format)
 
-    theta = random_affine(n, generator).to(device, case.dtype)
-    return Tensors(tensor(n, c, h, w).requires_grad_(), theta.requires_grad_(),
-                   tensor(n, c, out_h, out_w))
+    if case.op == GRID:
+        coords = smooth_grid(n, case.out_size, generator)
+    else:
+        coords = random_affine(n, generator) if case.dims == 2 else random_affine_3d(n, generator)
+    return Tensors(tensor(*case.input_shape).requires_grad_(),
+                   coords.to(device, case.dtype).requires_grad_(),
+                   tensor(n, c, *case.out_size))
 
 
 def prepare_pass(sampler: Callable, tensors: Tensors, pass_name: str) -> Callable[[], object]:
     """The call to time for a pass. For 'bwd' this runs the forward whose graph it reuses."""
-    inputs = (tensors.input, tensors.theta)
+    inputs = (tensors.input, tensors.coords)
     if pass_name == "fwd":
         def forward():
             with torch.no_grad():
@@ -165,11 +224,10 @@ def prepare_backend(case: Case, backend: str, pass_name: str, tensors: Tensors, 
                     device: torch.device) -> Tuple[Callable[[], object], float]:
     """The backend's call for the pass, and the time of its first call in ms (a cold compile
     for torch-compile)."""
-    out_h, out_w = case.shape[4:]
     with fresh_compile_caches():
         with Stopwatch(device) as first_call:
-            run_pass = prepare_pass(make_sampler(backend, (out_h, out_w), args.mode,
-                                                 args.padding_mode), tensors, pass_name)
+            run_pass = prepare_pass(make_sampler(backend, case, args.padding_mode), tensors,
+                                    pass_name)
             run_pass()
     return run_pass, first_call.ms
 
@@ -180,8 +238,8 @@ def result_row(case: Case, backend: str, pass_name: str, times_ms: List[float],
     ms = statistics.median(times_ms)
     gbps = bytes_moved(case, pass_name) / (ms * 1e-3) / 1e9
     return {
-        "backend": backend, "pass": pass_name, "shape": list(case.shape),
-        "shape_name": case.shape_name, "dtype": case.dtype_name, "mode": args.mode,
+        "backend": backend, "pass": pass_name, "op": case.op, "shape": list(case.shape),
+        "shape_name": case.shape_name, "dtype": case.dtype_name, "mode": case.mode,
         "padding_mode": args.padding_mode, "align_corners": ALIGN_CORNERS,
         "channels_last": case.channels_last, "ms": ms, "gbps": gbps,
         "pct_of_copy": 100 * gbps / copy_bandwidth, "first_call_ms": first_call_ms,
@@ -190,7 +248,7 @@ def result_row(case: Case, backend: str, pass_name: str, times_ms: List[float],
     }
 
 
-TABLE_COLUMNS = (("shape", 26), ("dtype", 8), ("layout", 13), ("pass", 7), ("backend", 13),
+TABLE_COLUMNS = (("shape", 40), ("dtype", 8), ("layout", 13), ("pass", 7), ("backend", 13),
                  ("ms", 9), ("GB/s", 7), ("%copy", 6), ("1st ms", 9), ("vs torch", 8))
 
 
@@ -199,14 +257,20 @@ def print_table_row(values: Sequence[str]) -> None:
           flush=True)
 
 
-def shape_label(shape) -> str:
-    n, c, h, w, out_h, out_w = shape
-    return f"{n}x{c}x{h}x{w}->{out_h}x{out_w}"
+def shape_label(shape, op: str = AFFINE, mode: str = "bilinear") -> str:
+    """e.g. 64x3x32x32->32x32, or grid_sample 64x3x32x32->32x32 bicubic."""
+    dims = (len(shape) - 2) // 2
+    label = "x".join(map(str, shape[:2 + dims])) + "->" + "x".join(map(str, shape[2 + dims:]))
+    return (f"{op} " if op != AFFINE else "") + label + (f" {mode}" if mode != "bilinear" else "")
+
+
+def case_label(case: Case) -> str:
+    return shape_label(case.shape, case.op, case.mode)
 
 
 def print_result(case: Case, row: dict) -> None:
     speedup = row["speedup_vs_torch"]
-    print_table_row((shape_label(case.shape), case.dtype_name, case.layout, row["pass"],
+    print_table_row((case_label(case), case.dtype_name, case.layout, row["pass"],
                      row["backend"], f"{row['ms']:.3f}", f"{row['gbps']:.1f}",
                      f"{row['pct_of_copy']:.1f}", f"{row['first_call_ms']:.1f}",
                      "" if speedup is None else f"{speedup:.2f}x"))
@@ -226,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated subset of {', '.join(BACKENDS)} "
                              "(default: all that run on the device)")
     parser.add_argument("--mode", choices=stn_ext.functional.MODES, default="bilinear",
-                        help="sampling mode (default: %(default)s)")
+                        help="sampling mode of the workloads that do not fix one (default: "
+                             "%(default)s)")
     parser.add_argument("--padding-mode", choices=stn_ext.functional.PADDING_MODES,
                         default="zeros", help="padding mode (default: %(default)s)")
     return parser
@@ -262,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           f"{payload['threads']} threads; copy bandwidth {payload['copy_gbps']:.1f} GB/s")
     print_table_row([name for name, _ in TABLE_COLUMNS])
 
-    for case in cases(shape_names, with_variants=not args.quick):
+    for case in cases(shape_names, not args.quick, args.mode):
         tensors = make_tensors(case, device)
         for pass_name in passes:
             calls, first_call_ms = {}, {}
@@ -274,10 +339,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 # run; the failure is kept in the results instead.
                 except Exception as error:  # noqa: BLE001
                     reason = describe_error(error)
-                    print(f"  skipped {backend} {pass_name} {shape_label(case.shape)} "
+                    print(f"  skipped {backend} {pass_name} {case_label(case)} "
                           f"{case.dtype_name} {case.layout}: {reason}", flush=True)
                     payload["skipped"].append({
-                        "backend": backend, "pass": pass_name, "shape": list(case.shape),
+                        "backend": backend, "pass": pass_name, "op": case.op,
+                        "mode": case.mode, "shape": list(case.shape),
                         "dtype": case.dtype_name, "channels_last": case.channels_last,
                         "reason": reason})
             times_ms = side_by_side_ms(calls, device, args.min_run_time)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 from _common import RESULTS_DIR, HelpFormatter  # noqa: E402
-from bench_sampling import BACKENDS, PASSES, shape_label  # noqa: E402
+from bench_sampling import AFFINE, BACKENDS, PASSES, shape_label  # noqa: E402
 
 RESULTS_MD = RESULTS_DIR.parent / "RESULTS.md"
 # Hand-written notes on runs (training runs, trials, what was tried and dropped), newest first;
@@ -82,12 +82,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def case_key(row: dict) -> tuple:
-    return (tuple(row["shape"]), row["dtype"], row["channels_last"])
+    """A result's or skip's case (files before the general ops have no op: the fused one)."""
+    return (row.get("op", AFFINE), row.get("mode", "bilinear"), tuple(row["shape"]),
+            row["dtype"], row["channels_last"])
 
 
 def case_label(key: tuple) -> str:
-    shape, dtype, channels_last = key
-    return f"{shape_label(shape)} {dtype}" + (" channels_last" if channels_last else "")
+    op, mode, shape, dtype, channels_last = key
+    return (f"{shape_label(shape, op, mode)} {dtype}"
+            + (" channels_last" if channels_last else ""))
 
 
 def threads_label(run: dict) -> str:
@@ -126,7 +129,7 @@ def skipped_lines(run: dict) -> str:
         return ""
     lines = ["", "Skipped (the backend failed):"]
     for skip in run["skipped"]:
-        where = (case_label((skip["shape"], skip["dtype"], skip["channels_last"])) + " "
+        where = (case_label(case_key(skip)) + " "
                  + skip["pass"] if "shape" in skip else skip["variant"])
         lines.append(f"- {skip['backend']} {where}: `{skip['reason']}`")
     return "\n".join(lines)

@@ -77,6 +77,26 @@ def test_summarize(results_dir):
     assert (results_dir / "sampling.png").stat().st_size > 0
 
 
+def test_bench_sampling_general_ops(tmp_path):
+    """The general ops' workloads (a dense grid in bicubic mode, a 3-D volume): rows that name
+    their op and mode, which summarize.py labels."""
+    path = tmp_path / "general.json"
+    run_script("bench_sampling.py", "--quick", "--device", "cpu", "--json", str(path),
+               "--passes", "fwd", "--min-run-time", "0.02", "--shapes", "grid-bicubic,volume")
+    run = load(path)
+    assert {(row["op"], row["mode"], tuple(row["shape"]), row["backend"])
+            for row in run["results"]} == {
+        (op, mode, shape, backend) for backend in ("torch", "cpu")
+        for op, mode, shape in (("grid_sample", "bicubic", (64, 3, 32, 32, 32, 32)),
+                                ("affine_grid_sample", "bilinear", (4, 8, 32, 32, 32, 32, 32, 32)))}
+    assert all(row["ms"] > 0 and row["gbps"] > 0 for row in run["results"])
+    output = tmp_path / "RESULTS.md"
+    run_script("summarize.py", "--results-dir", str(tmp_path), "--output", str(output))
+    text = output.read_text()
+    assert "| grid_sample 64x3x32x32->32x32 bicubic float32 | fwd | " in text
+    assert "| 4x8x32x32x32->32x32x32 float32 | fwd | " in text
+
+
 def test_side_by_side_timing_on_cpu():
     sys.path.insert(0, str(BENCHMARKS))
     import _common
