@@ -1,7 +1,8 @@
 """A small driver of the CUDA kernels for compute-sanitizer (benchmarks/gpu_check.sh): the
 forward kernel, the backward kernel with atomics and the deterministic backward (tap records,
 sort, gather), for each mode and padding, in float32 and float16, on shapes with several blocks
-per image and a partial last block.
+per image and a partial last block; for the fused op and for the general ops (dense 2-D and 3-D
+grids, 3-D affine maps, bicubic, fill values).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_driver.py
 """
@@ -36,6 +37,24 @@ def main() -> None:
                                          mode=mode, padding_mode=padding_mode,
                                          align_corners=align_corners, backend="cuda")
         out.backward(torch.randn_like(out))
+    for (mode, dims, fill), padding_mode, deterministic in itertools.product(
+            (("bilinear", 2, None), ("nearest", 2, None), ("bicubic", 2, [0.5, -1.0, 2.0]),
+             ("bilinear", 3, [1.0, 0.0, -1.0]), ("nearest", 3, None)),
+            ("zeros", "reflection"), (False, True)):
+        fill = fill if padding_mode == "zeros" else None
+        x = torch.randn(3, 3, *([9] * dims), device="cuda", generator=generator)
+        grid = 1.2 * (2 * torch.rand(3, *([7] * dims), dims, device="cuda", generator=generator)
+                      - 1)
+        theta = (torch.eye(dims, dims + 1, device="cuda")
+                 + 0.3 * torch.randn(3, dims, dims + 1, device="cuda", generator=generator))
+        torch.use_deterministic_algorithms(deterministic)
+        for coords in (grid, theta):
+            args = dict(mode=mode, padding_mode=padding_mode, fill_value=fill, backend="cuda")
+            out = (stn_ext.grid_sample(x.requires_grad_(), coords.requires_grad_(), **args)
+                   if coords is grid else
+                   stn_ext.affine_grid_sample(x.requires_grad_(), coords.requires_grad_(),
+                                              (5,) * dims, **args))
+            out.backward(torch.randn_like(out))
     torch.use_deterministic_algorithms(False)
     torch.cuda.synchronize()
     print("sanitizer_driver.py: done")

@@ -6,6 +6,10 @@
 // UpSample.h. C10_HOST_DEVICE, so a CUDA kernel can share them as it shares sampling_math.h.
 #pragma once
 
+#include <c10/util/Exception.h>
+
+#include <type_traits>
+
 #include "sampling_math.h"
 
 namespace stn_ext {
@@ -42,6 +46,24 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T axis_coordinate(T coord, int64_t size, const
 template <int kTaps, typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE bool axis_far_outside(T coord, int64_t size) {
   return !((coord > T(-kTaps - 1)) & (coord < T(size + kTaps)));
+}
+
+// Where a sample point stands, from its pixel coordinates (axis_coordinate). Ordered: a point's
+// status is the worst (largest) of its axes' (axis_status).
+enum PointStatus : int8_t {
+  kHasTaps = 0,    // sampled from its taps
+  kOutside = 1,    // every tap outside (zeros padding): reads the fill value or zero
+  kUndefined = 2,  // a non-finite coordinate (see is_undefined): NaN
+};
+
+// The status of one axis coordinate of a stencil of kTaps taps per axis. Border and reflection
+// keep every tap inside (nearest and linear fold the point, cubic folds its taps), so only zeros
+// padding has points outside.
+template <int kTaps, typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE int8_t axis_status(T coord, int64_t size, Padding padding) {
+  const bool undefined = !(coord - coord == T(0));
+  const bool far = padding == Padding::Zeros && axis_far_outside<kTaps>(coord, size);
+  return undefined ? kUndefined : far ? kOutside : kHasTaps;
 }
 
 struct NearestPolicy {
@@ -98,24 +120,6 @@ struct CubicPolicy {
     return ((A * x - T(5) * A) * x + T(8) * A) * x - T(4) * A;
   }
 
-  // A tap's pixel coordinate (an integer, in floating point) after padding, and whether it is
-  // in the image.
-  template <typename T>
-  C10_HOST_DEVICE static T padded_tap(T coord, int64_t size, const SampleConfig& cfg) {
-    T unused;
-    switch (cfg.padding) {
-      case Padding::Zeros:
-        return coord;
-      case Padding::Border:
-        return clip(coord, size, &unused);
-      case Padding::Reflection:
-        return clip(cfg.align_corners ? reflect(coord, 0, 2 * (size - 1), &unused)
-                                      : reflect(coord, -1, 2 * size - 1, &unused),
-                    size, &unused);
-    }
-    return coord;
-  }
-
   // coord: unpadded and finite; for zeros padding also not far outside.
   template <typename Index = int64_t, typename T>
   C10_HOST_DEVICE static AxisTaps<T, 4, Index> taps(T coord, int64_t size, const SampleConfig& cfg) {
@@ -138,12 +142,46 @@ struct CubicPolicy {
     x = T(2) - t;
     a.d_weight[3] = -((T(3) * A * x - T(10) * A) * x + T(8) * A);
     for (int k = 0; k < 4; ++k) {
-      const T tap = padded_tap(first + T(k - 1), size, cfg);
+      T unused;
+      const T tap = pad_coordinate(first + T(k - 1), size, cfg, &unused);
       a.inside[k] = (tap >= T(0)) & (tap < T(size));
       a.index[k] = a.inside[k] ? static_cast<Index>(tap) : 0;
     }
     return a;
   }
 };
+
+// Calls f(dim, policy) with the rank (2 or 3 spatial axes) and the mode's policy as compile-time
+// constants: every combination the general ops take, on every backend. Bicubic is 2-D only (as
+// in PyTorch).
+template <typename F>
+void with_mode_and_rank(int64_t dim, Interpolation mode, F&& f) {
+  auto with_policy = [&](auto dim_c) {
+    switch (mode) {
+      case Interpolation::Nearest:
+        f(dim_c, NearestPolicy{});
+        return;
+      case Interpolation::Bilinear:
+        f(dim_c, LinearPolicy{});
+        return;
+      case Interpolation::Bicubic:
+        if constexpr (decltype(dim_c)::value == 2) {
+          f(dim_c, CubicPolicy{});
+        } else {
+          TORCH_CHECK_NOT_IMPLEMENTED(false, "stn_ext: mode 'bicubic' takes 4-D input (as in "
+                                             "PyTorch), got ", decltype(dim_c)::value + 2, "-D");
+        }
+        return;
+    }
+    TORCH_CHECK(false, "stn_ext: unknown interpolation mode ", static_cast<int>(mode));
+  };
+  TORCH_CHECK_VALUE(dim == 2 || dim == 3, "stn_ext: the general ops take 2 or 3 spatial axes, got ",
+                    dim);
+  if (dim == 2) {
+    with_policy(std::integral_constant<int, 2>{});
+  } else {
+    with_policy(std::integral_constant<int, 3>{});
+  }
+}
 
 }  // namespace stn_ext

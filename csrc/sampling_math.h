@@ -101,13 +101,13 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T reflect(T coord, int64_t twice_low, int64_t 
   return span - extra + low;
 }
 
-// Normalised coordinate -> padded pixel coordinate along one axis, with its derivative.
+// Padding of a pixel coordinate along one axis, with its derivative: border clips it into the
+// image, reflection folds it in (then clips, as ATen does for rounding); zeros leaves it.
 template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE T source_index(T coord, int64_t size, const SampleConfig& cfg, T* d_coord) {
-  T d_unnorm;
-  coord = unnormalize(coord, size, cfg.align_corners, &d_unnorm);
+C10_HOST_DEVICE C10_ALWAYS_INLINE T pad_coordinate(T coord, int64_t size, const SampleConfig& cfg,
+                                                   T* d_coord) {
   if (cfg.padding == Padding::Zeros) {
-    *d_coord = d_unnorm;
+    *d_coord = T(1);
     return coord;
   }
   T d_reflect = T(1);
@@ -117,7 +117,16 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T source_index(T coord, int64_t size, const Sa
   }
   T d_clip;
   coord = clip(coord, size, &d_clip);
-  *d_coord = d_unnorm * d_reflect * d_clip;
+  *d_coord = d_reflect * d_clip;
+  return coord;
+}
+
+// Normalised coordinate -> padded pixel coordinate along one axis, with its derivative.
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T source_index(T coord, int64_t size, const SampleConfig& cfg, T* d_coord) {
+  T d_unnorm, d_pad;
+  coord = pad_coordinate(unnormalize(coord, size, cfg.align_corners, &d_unnorm), size, cfg, &d_pad);
+  *d_coord = d_unnorm * d_pad;
   return coord;
 }
 

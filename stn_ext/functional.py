@@ -16,9 +16,10 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # What each op runs on. The fused 2-D affine op (stn_ext::affine_grid_sample) covers modes
 # FUSED_MODES on 4-D input without a fill value on every backend; everything else goes through
-# the general ops (stn_ext::grid_sample, stn_ext::affine_sample), which have CPU kernels so far.
+# the general ops (stn_ext::grid_sample, stn_ext::affine_sample), which have CPU and CUDA kernels
+# so far.
 FUSED_MODES = ("bilinear", "nearest")
-GENERAL_OP_BACKENDS = ("cpu", "torch")
+GENERAL_OP_BACKENDS = ("cpu", "cuda", "torch")
 
 # Fixed for the life of the process; read once so that torch.compile sees plain constants.
 _HAS_CUDA_KERNELS = torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -186,6 +187,22 @@ def _checked_affine(input, theta, size, mode, padding_mode, align_corners, fill_
     return input, theta, _output_size(input, size), _fill_tensor(fill_value, input, padding_mode)
 
 
+def checked_grid_arguments(input, grid, mode, padding_mode, align_corners, fill_value):
+    """(input, grid, fill) as the general op stn_ext::grid_sample takes them, after autocast;
+    raises a clear error for bad arguments before any kernel runs."""
+    input, grid = _autocast(input, grid)
+    _check_input(input)
+    _check_grid(input, grid)
+    _check_options(input, mode, padding_mode, align_corners)
+    return input, grid, _fill_tensor(fill_value, input, padding_mode)
+
+
+def checked_affine_arguments(input, theta, size, mode, padding_mode, align_corners, fill_value):
+    """(input, theta, out_size, fill) as the general op stn_ext::affine_sample takes them, after
+    autocast; raises a clear error for bad arguments before any kernel runs."""
+    return _checked_affine(input, theta, size, mode, padding_mode, align_corners, fill_value)
+
+
 def checked_arguments(input, theta, size, mode, padding_mode,
                       align_corners) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
     """(input, theta, out_h, out_w) as every backend's fused op (stn_ext::affine_grid_sample)
@@ -235,12 +252,12 @@ def _checked_backend(backend: str) -> None:
 def _resolve_general_backend(op: str, backend: str, device: torch.device,
                              combination: str) -> str:
     """The backend of a general op (stn_ext::grid_sample, stn_ext::affine_sample) call."""
-    if backend in ("cuda", "triton"):
+    if backend not in GENERAL_OP_BACKENDS + ("auto",):
         raise NotImplementedError(
             f"stn_ext.{op}: backend {backend!r} has no kernel for {combination} yet; it runs "
             f"on backends {GENERAL_OP_BACKENDS} (see the README's backend table)")
-    if backend == "auto":
-        return "cpu" if device.type == "cpu" else "torch"
+    if backend == "auto" and device.type == "cuda":
+        return "cuda" if _HAS_CUDA_KERNELS else "torch"
     return _resolve_backend(backend, device)
 
 
@@ -276,14 +293,13 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
         align_corners: as in ``F.grid_sample``.
         fill_value: None, a number, or one number per channel (sequence or tensor): taps outside
             the input read it instead of zero (padding_mode "zeros" only). Not differentiated.
-        backend: "auto", "cpu", or "torch" (PyTorch's op); "cuda" and "triton" have no kernel
-            for this op yet and raise NotImplementedError.
+        backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda", or
+            "torch" (PyTorch's op); "triton" has no kernel for this op yet and raises
+            NotImplementedError. The CUDA backward is deterministic under
+            ``torch.use_deterministic_algorithms(True)`` (no atomics).
     """
-    input, grid = _autocast(input, grid)
-    _check_input(input)
-    _check_grid(input, grid)
-    _check_options(input, mode, padding_mode, align_corners)
-    fill = _fill_tensor(fill_value, input, padding_mode)
+    input, grid, fill = checked_grid_arguments(input, grid, mode, padding_mode, align_corners,
+                                               fill_value)
     _checked_backend(backend)
     backend = _resolve_general_backend("grid_sample", backend, input.device,
                                        _combination(input, mode, fill))
@@ -315,8 +331,7 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor,
         fill_value: as in :func:`grid_sample`.
         backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda", "triton",
             or "torch" (PyTorch's own two ops, for reference). 4-D bilinear/nearest sampling
-            without a fill runs on all of them; the rest on "cpu" and "torch" so far ("auto"
-            picks "torch" for it on a GPU).
+            without a fill runs on all of them; the rest on all but "triton" so far.
     """
     input, theta, out_size, fill = _checked_affine(input, theta, size, mode, padding_mode,
                                                    align_corners, fill_value)

@@ -24,21 +24,28 @@ def _check_device(name: str, tensor: torch.Tensor, input: torch.Tensor) -> None:
                  lambda: f"stn_ext: {name} is on {tensor.device} but input is on {input.device}")
 
 
+def _sampled(input, out_size):
+    """The output of sampling `input` at out_size points per image, as the kernels lay it out."""
+    return torch.empty((*input.shape[:2], *out_size), dtype=input.dtype, device=input.device,
+                       memory_format=output_memory_format(input))
+
+
+def _input_grad(input, wanted: bool):
+    """grad_input as the backward kernels return it (empty when not asked for)."""
+    return _sampled(input, input.shape[2:]) if wanted else input.new_empty(0)
+
+
 def _forward_fake(input, theta, out_h, out_w, mode, padding_mode, align_corners):
     _check_device("theta", theta, input)
-    return torch.empty((input.shape[0], input.shape[1], out_h, out_w), dtype=input.dtype,
-                       device=input.device, memory_format=output_memory_format(input))
+    return _sampled(input, (out_h, out_w))
 
 
 def _backward_fake(grad_output, input, theta, mode, padding_mode, align_corners, output_mask):
     _check_device("theta", theta, input)
     _check_device("grad_output", grad_output, input)
-    grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                              memory_format=output_memory_format(input))
-                  if output_mask[0] else input.new_empty(0))
     grad_theta = (torch.empty((theta.shape[0], 2, 3), dtype=theta.dtype, device=theta.device)
                   if output_mask[1] else theta.new_empty(0))
-    return grad_input, grad_theta
+    return _input_grad(input, output_mask[0]), grad_theta
 
 
 def _setup_context(ctx, inputs, output):
@@ -87,39 +94,38 @@ register_sampling_op("affine_grid_sample", python_autograd=False)
 # Their autograd is Python's for now (the C++ autograd above saves ~60 us per call, which
 # matters at the STN shape the fused op serves).
 
-def _sampled(input, out_size):
-    return torch.empty((*input.shape[:2], *out_size), dtype=input.dtype, device=input.device,
-                       memory_format=output_memory_format(input))
-
-
 def _general_backward_fake(grad_output, input, coords, mode, padding_mode, align_corners,
                            fill_value, output_mask):
     _check_device("grad_output", grad_output, input)
-    grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                              memory_format=output_memory_format(input))
-                  if output_mask[0] else input.new_empty(0))
     grad_coords = torch.empty_like(coords, memory_format=torch.contiguous_format) \
         if output_mask[1] else coords.new_empty(0)
-    return grad_input, grad_coords
+    return _input_grad(input, output_mask[0]), grad_coords
 
 
-@torch.library.register_fake("stn_ext::grid_sample")
 def _grid_sample_fake(input, grid, mode, padding_mode, align_corners, fill_value):
     _check_device("grid", grid, input)
     return _sampled(input, grid.shape[1:-1])
 
 
-@torch.library.register_fake("stn_ext::affine_sample")
 def _affine_sample_fake(input, theta, out_size, mode, padding_mode, align_corners, fill_value):
     _check_device("theta", theta, input)
     return _sampled(input, out_size)
 
 
-def _register_general_autograd(name: str, arguments: int) -> None:
-    """Autograd of stn_ext::<name> (arguments: its number of arguments): gradients to the input
-    and to its coordinates (grid or theta), none to the options or the fill value."""
-    backward_op = getattr(torch.ops.stn_ext, f"{name}_backward")
+# Per general op: its forward fake kernel and its number of arguments.
+_GENERAL_OPS = {"grid_sample": (_grid_sample_fake, 6), "affine_sample": (_affine_sample_fake, 7)}
 
+
+def register_general_ops(namespace: str = "stn_ext") -> None:
+    """Fake kernels, autocast and autograd of <namespace>::grid_sample and ::affine_sample (and
+    their backward ops): gradients to the input and to its coordinates (grid or theta), none to
+    the options or the fill value."""
+    for name, (forward_fake, arguments) in _GENERAL_OPS.items():
+        _register_general_op(f"{namespace}::{name}", forward_fake, arguments,
+                             getattr(getattr(torch.ops, namespace), f"{name}_backward"))
+
+
+def _register_general_op(qualname: str, forward_fake, arguments: int, backward_op) -> None:
     def setup_context(ctx, inputs, output):
         input, coords, *options = inputs
         ctx.save_for_backward(input, coords, options[-1])
@@ -134,7 +140,7 @@ def _register_general_autograd(name: str, arguments: int) -> None:
         return (grad_input if need[0] else None, grad_coords if need[1] else None,
                 *([None] * (arguments - 2)))
 
-    qualname = f"stn_ext::{name}"
+    torch.library.register_fake(qualname)(forward_fake)
     torch.library.register_fake(f"{qualname}_backward")(_general_backward_fake)
     for device_type in AUTOCAST_DEVICE_TYPES:
         torch.library.register_autocast(qualname, device_type, torch.float32)
@@ -142,5 +148,4 @@ def _register_general_autograd(name: str, arguments: int) -> None:
     torch.library.register_autograd(f"{qualname}_backward", _no_double_backward)
 
 
-_register_general_autograd("grid_sample", arguments=6)
-_register_general_autograd("affine_sample", arguments=7)
+register_general_ops()

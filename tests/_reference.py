@@ -47,6 +47,30 @@ class Backend(NamedTuple):
             return cuda_emulation.affine_grid_sample(input, theta, size, **config)
         return stn_ext.affine_grid_sample(input, theta, size, backend=self.name, **config)
 
+    def grid_sample(self, input, grid, mode="bilinear", padding_mode="zeros",
+                    align_corners=False, *, fill_value=None) -> torch.Tensor:
+        """This backend's general dense-grid op (stn_ext::grid_sample)."""
+        if self.emulated:
+            return cuda_emulation.grid_sample(input, grid, mode, padding_mode, align_corners,
+                                              fill_value=fill_value)
+        return stn_ext.grid_sample(input, grid, mode, padding_mode, align_corners,
+                                   fill_value=fill_value, backend=self.name)
+
+    def affine_sample(self, input, theta, size=None, **config) -> torch.Tensor:
+        """stn_ext.affine_grid_sample on this backend; emulated: the general op's CUDA kernel
+        (stn_ext::affine_sample) for every rank, mode and fill."""
+        if self.emulated:
+            return cuda_emulation.affine_sample(input, theta, size, **config)
+        return stn_ext.affine_grid_sample(input, theta, size, backend=self.name, **config)
+
+    @property
+    def general_ops(self):
+        """The namespace of this backend's general ops (grid_sample, affine_sample)."""
+        if self.emulated:
+            cuda_emulation.load()
+            return getattr(torch.ops, cuda_emulation.NAMESPACE)
+        return torch.ops.stn_ext
+
     @property
     def forward_op(self):
         """The registered forward op of this backend (schema of stn_ext::affine_grid_sample)."""

@@ -43,6 +43,10 @@ BACKENDS = [
     _triton_param(),
 ]
 
+# The backends with kernels for the general ops (stn_ext.grid_sample, and affine_grid_sample
+# beyond the fused op: 5-D, bicubic, fill values); see stn_ext.functional.GENERAL_OP_BACKENDS.
+GENERAL_BACKENDS = [param for param in BACKENDS if param.id in ("cpu", "cuda", "cuda-emulated")]
+
 # The reduced matrix of slow backends: a test case runs there if each of its parameters below
 # takes one of the listed values (parameters not listed take any value), or if its shape is
 # FULL_MATRIX_SHAPE, on which every config and dtype runs.
@@ -62,6 +66,8 @@ def _in_reduced_matrix(item) -> bool:
     for name, values in SLOW_BACKEND_VALUES.items():
         if name not in params:
             continue
+        if name == "config" and params[name] not in CONFIGS:
+            continue  # another test matrix's configs (tests/test_grid_sample.py's): all run
         value = CONFIG_IDS[CONFIGS.index(params[name])] if name == "config" else params[name]
         if value not in values:
             return False
@@ -72,7 +78,7 @@ def pytest_collection_modifyitems(config, items):
     kept, deselected = [], []
     for item in items:
         params = item.callspec.params if hasattr(item, "callspec") else {}
-        backend = params.get("backend")
+        backend = params.get("backend", params.get("general_backend"))
         if isinstance(backend, Backend) and backend.slow and not _in_reduced_matrix(item):
             deselected.append(item)
         else:
@@ -90,6 +96,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> Backend:
+    return request.param
+
+
+@pytest.fixture(params=GENERAL_BACKENDS)
+def general_backend(request) -> Backend:
     return request.param
 
 

@@ -104,3 +104,72 @@ def test_refuses_non_cpu_tensors():
     theta = torch.eye(2, 3, device="meta").unsqueeze(0)
     with pytest.raises(ValueError, match="CUDA emulation takes CPU tensors"):
         cuda_emulation.affine_grid_sample(x, theta)
+
+
+# --- the general ops' kernels (csrc/cuda/grid_sample_cuda.cu) ----------------------------------
+
+GENERAL_CASES = {  # (mode, dims, fill)
+    "bilinear-2d": ("bilinear", 2, None), "bicubic-2d-fill": ("bicubic", 2, [0.5, -1.0]),
+    "trilinear-3d": ("bilinear", 3, None), "nearest-3d-fill": ("nearest", 3, [2.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("case", GENERAL_CASES.values(), ids=GENERAL_CASES.keys())
+@pytest.mark.parametrize("limits", [LIMITS["grid-y-2"], LIMITS["shuffled-blocks"]],
+                         ids=["grid-y-2", "shuffled-blocks"])
+def test_general_launch_geometry(limits, case, deterministic):
+    """Batch 5 and 300 output points (2 blocks of 256 per image), dense grid and affine theta:
+    output and gradients equal the reference whatever the grid of blocks."""
+    max_grid_y, _, block_order_seed = limits
+    mode, dims, fill = case
+    out_size = (15, 20) if dims == 2 else (3, 10, 10)
+    shape = (5, 2, *([4] * dims))
+    seed = seed_of("general-geometry", mode, dims)
+    x = random_input(shape, seed=seed).requires_grad_()
+    gen = torch.Generator().manual_seed(seed)
+    grid = ((torch.rand(5, *out_size, dims, generator=gen, dtype=torch.float64) * 2 - 1) * 1.2
+            ).requires_grad_()
+    theta = (torch.eye(dims, dims + 1, dtype=torch.float64)
+             + 0.3 * torch.randn(5, dims, dims + 1, generator=gen, dtype=torch.float64)
+             ).requires_grad_()
+    grad_output = random_input((*shape[:2], *out_size), seed=seed + 1)
+    config = dict(mode=mode, padding_mode="zeros", align_corners=False, fill_value=fill)
+    # The CPU kernels as the reference (they equal F.grid_sample: tests/test_grid_sample.py).
+    cpu = Backend("cpu", "cpu")
+    want = (grads(lambda a, g: cpu.grid_sample(a, g, **config), x, grid, grad_output)
+            + grads(lambda a, t: cpu.affine_sample(a, t, out_size, **config), x, theta,
+                    grad_output))
+    mode_ctx = deterministic_mode() if deterministic else torch.autograd.set_grad_enabled(True)
+    with mode_ctx, cuda_emulation.device_limits(max_grid_y=max_grid_y,
+                                                 block_order_seed=block_order_seed):
+        got = (grads(lambda a, g: cuda_emulation.grid_sample(a, g, **config), x, grid,
+                     grad_output)
+               + grads(lambda a, t: cuda_emulation.affine_sample(a, t, out_size, **config), x,
+                       theta, grad_output))
+    names = ["grid output", "grid grad input", "grad grid",
+             "affine output", "affine grad input", "grad theta"]
+    for g, w, what in zip(got, want, names):
+        assert_close(g, w, torch.float64, what, scale=max_abs(w))
+
+
+# Launches per call of the general ops: as the fused op's (LAUNCHES).
+@pytest.mark.parametrize("op", ["grid_sample", "affine_sample"])
+@pytest.mark.parametrize("call", LAUNCHES)
+def test_general_launch_count(call, op):
+    shape, size = (3, 2, 5, 6), (7, 4)
+    x = torch.randn(shape)
+    coords = torch.rand(3, *size, 2) * 2 - 1 if op == "grid_sample" else torch.randn(3, 2, 3)
+    size_arg = [] if op == "grid_sample" else [list(size)]
+    options = ["bilinear", "zeros", False, None]
+    ops = getattr(torch.ops, cuda_emulation.NAMESPACE)
+    grad_output = torch.ones(*shape[:2], *size)
+    mask = [call != "backward-theta-only", True]
+    mode = deterministic_mode() if call == "backward-deterministic" else torch.no_grad()
+    with mode:
+        before = cuda_emulation.launch_count()
+        if call == "forward":
+            getattr(ops, op)(x, coords, *size_arg, *options)
+        else:
+            getattr(ops, f"{op}_backward")(grad_output, x, coords, *options, mask)
+        assert cuda_emulation.launch_count() - before == LAUNCHES[call]

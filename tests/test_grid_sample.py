@@ -2,7 +2,8 @@
 stn_ext.affine_grid_sample where it goes beyond the fused op (5-D input, bicubic, fill_value):
 values, gradients (gradcheck in float64), fill values, layouts, non-finite points, determinism,
 registration and bad input. Every implementation of the general ops runs the same bodies
-(GENERAL_BACKENDS)."""
+(the general_backend fixture of conftest.py)."""
+import contextlib
 import itertools
 import warnings
 
@@ -13,11 +14,10 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 import stn_ext
-from _reference import DTYPES, assert_close, compute_dtype, max_abs, random_input, seed_of
+from stn_ext.testing import cuda_emulation
+from _reference import (DTYPES, assert_close, compute_dtype, deterministic_mode, max_abs,
+                        random_input, seed_of)
 
-# The backends with kernels for the general ops (see stn_ext.functional.GENERAL_OP_BACKENDS;
-# "torch" is the reference itself).
-GENERAL_BACKENDS = ["cpu"]
 DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
 PADDINGS = ("zeros", "border", "reflection")
 # (mode, spatial dims): bicubic is 2-D only, as in PyTorch.
@@ -39,11 +39,11 @@ def config_args(config):
     return {k: v for k, v in config.items() if k != "dims"}
 
 
-def random_grid(n, out_size, dims, *, seed, dtype=torch.float64, spread=1.3):
+def random_grid(n, out_size, dims, *, seed, dtype=torch.float64, spread=1.3, device="cpu"):
     """Sample points in [-spread, spread]: some outside the input, where padding matters."""
     gen = torch.Generator().manual_seed(seed)
     grid = (torch.rand(n, *out_size, dims, generator=gen, dtype=torch.float64) * 2 - 1) * spread
-    return grid.to(dtype)
+    return grid.to(device, dtype)
 
 
 def reference(input, grid, *, mode, padding_mode, align_corners, fill_value=None):
@@ -54,7 +54,7 @@ def reference(input, grid, *, mode, padding_mode, align_corners, fill_value=None
     if fill_value is None:
         return F.grid_sample(input, grid, mode=mode, padding_mode=padding_mode,
                              align_corners=align_corners)
-    f = torch.as_tensor(fill_value, dtype=dtype).expand(input.shape[1])
+    f = torch.as_tensor(fill_value, dtype=dtype, device=input.device).expand(input.shape[1])
     f = f.reshape(1, -1, *([1] * (input.dim() - 2)))
     return F.grid_sample(input - f, grid, mode=mode, padding_mode="zeros",
                          align_corners=align_corners) + f
@@ -66,10 +66,11 @@ def grads(fn, input, coords, grad_output):
     return (out, *got)
 
 
-def make(shape, out_size, dims, dtype, seed):
-    x = random_input(shape, seed=seed, dtype=dtype).requires_grad_()
-    grid = random_grid(shape[0], out_size, dims, seed=seed + 1, dtype=dtype).requires_grad_()
-    go = random_input((*shape[:2], *out_size), seed=seed + 2, dtype=dtype)
+def make(shape, out_size, dims, dtype, seed, device="cpu"):
+    x = random_input(shape, seed=seed, dtype=dtype, device=device).requires_grad_()
+    grid = random_grid(shape[0], out_size, dims, seed=seed + 1, dtype=dtype,
+                       device=device).requires_grad_()
+    go = random_input((*shape[:2], *out_size), seed=seed + 2, dtype=dtype, device=device)
     return x, grid, go
 
 
@@ -78,18 +79,19 @@ def shape_params():
             for dims, shapes in SHAPES.items() for name, (shape, size) in shapes.items()]
 
 
-@pytest.fixture(params=GENERAL_BACKENDS)
-def backend(request) -> str:
-    return request.param
+@pytest.fixture
+def backend(general_backend):
+    """The tests below run on every backend with kernels for the general ops (conftest.py)."""
+    return general_backend
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_grid_sample_parity(backend, config, dtype):
     shape, size = SHAPES[config["dims"]]["odd"]
-    x, grid, go = make(shape, size, config["dims"], dtype, seed_of(config, dtype))
+    x, grid, go = make(shape, size, config["dims"], dtype, seed_of(config, dtype), backend.device)
     args = config_args(config)
-    out, gx, gg = grads(lambda x, g: stn_ext.grid_sample(x, g, **args, backend=backend), x, grid, go)
+    out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, **args), x, grid, go)
     ref, rgx, rgg = grads(lambda x, g: reference(x, g, **args), x, grid, go)
     assert out.dtype == dtype
     assert_close(out, ref, dtype, "output")
@@ -107,11 +109,11 @@ def test_grid_sample_shapes(backend, dims, shape, size, padding_mode):
             continue
         for align_corners in (False, True):
             args = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-            x, grid, go = make(shape, size, dims, torch.float64, seed_of(shape, args))
+            x, grid, go = make(shape, size, dims, torch.float64, seed_of(shape, args), backend.device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 ref, rgx, rgg = grads(lambda x, g: reference(x, g, **args), x, grid, go)
-            out, gx, gg = grads(lambda x, g: stn_ext.grid_sample(x, g, **args, backend=backend),
+            out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, **args),
                                 x, grid, go)
             what = f"{mode} {padding_mode} ac={align_corners}"
             assert_close(out, ref, torch.float64, f"output {what}")
@@ -123,10 +125,10 @@ def test_grid_sample_shapes(backend, dims, shape, size, padding_mode):
 def test_grid_sample_gradcheck(backend, config):
     dims = config["dims"]
     shape, size = ((1, 2, 3, 4), (2, 3)) if dims == 2 else ((1, 2, 2, 3, 3), (2, 2, 2))
-    x, grid, _ = make(shape, size, dims, torch.float64, seed_of("gradcheck", config))
+    x, grid, _ = make(shape, size, dims, torch.float64, seed_of("gradcheck", config), backend.device)
     args = config_args(config)
     assert torch.autograd.gradcheck(
-        lambda x, g: stn_ext.grid_sample(x, g, **args, backend=backend), (x, grid))
+        lambda x, g: backend.grid_sample(x, g, **args), (x, grid))
 
 
 FILLS = {"scalar": 0.75, "per-channel": [1.5, -2.0, 0.25], "tensor": torch.tensor([3.0, 0.0, -1.0])}
@@ -136,35 +138,36 @@ FILLS = {"scalar": 0.75, "per-channel": [1.5, -2.0, 0.25], "tensor": torch.tenso
 @pytest.mark.parametrize("mode,dims", MODE_DIMS, ids=[f"{m}-{d}d" for m, d in MODE_DIMS])
 def test_fill_value(backend, mode, dims, fill):
     shape, size = SHAPES[dims]["odd"]
-    x, grid, go = make(shape, size, dims, torch.float64, seed_of("fill", mode, dims))
+    x, grid, go = make(shape, size, dims, torch.float64, seed_of("fill", mode, dims), backend.device)
     args = dict(mode=mode, padding_mode="zeros", align_corners=False)
-    fill_arg = fill.to(torch.float64) if isinstance(fill, torch.Tensor) else fill
-    out, gx, gg = grads(lambda x, g: stn_ext.grid_sample(x, g, **args, fill_value=fill_arg,
-                                                         backend=backend), x, grid, go)
+    fill_arg = fill.to(backend.device, torch.float64) if isinstance(fill, torch.Tensor) else fill
+    out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, **args, fill_value=fill_arg),
+                        x, grid, go)
     ref, rgx, rgg = grads(lambda x, g: reference(x, g, **args, fill_value=fill_arg), x, grid, go)
     assert_close(out, ref, torch.float64, "output")
     assert_close(gx, rgx, torch.float64, "grad input", scale=max_abs(rgx))
     assert_close(gg, rgg, torch.float64, "grad grid", scale=max_abs(rgg))
     # Points far outside read the fill exactly.
     far = torch.full_like(grid.detach(), 5.0)
-    far_out = stn_ext.grid_sample(x.detach(), far, **args, fill_value=fill_arg, backend=backend)
-    expected = torch.as_tensor(fill_arg, dtype=torch.float64).expand(shape[1])
+    far_out = backend.grid_sample(x.detach(), far, **args, fill_value=fill_arg)
+    expected = torch.as_tensor(fill_arg, dtype=torch.float64, device=backend.device).expand(shape[1])
     assert torch.equal(far_out.movedim(1, -1).reshape(-1, shape[1]),
                        expected.expand(far_out.numel() // shape[1], -1))
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
 def test_fill_value_gradcheck(backend, mode):
-    x, grid, _ = make((1, 2, 3, 4), (3, 3), 2, torch.float64, seed_of("fill-gradcheck", mode))
+    x, grid, _ = make((1, 2, 3, 4), (3, 3), 2, torch.float64, seed_of("fill-gradcheck", mode),
+                      backend.device)
     assert torch.autograd.gradcheck(
-        lambda x, g: stn_ext.grid_sample(x, g, mode, fill_value=[0.5, -1.5], backend=backend),
-        (x, grid))
+        lambda x, g: backend.grid_sample(x, g, mode, fill_value=[0.5, -1.5]), (x, grid))
 
 
-def random_affine(n, dims, *, seed, dtype=torch.float64):
+def random_affine(n, dims, *, seed, dtype=torch.float64, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     return (torch.eye(dims, dims + 1, dtype=torch.float64)
-            + 0.3 * torch.randn(n, dims, dims + 1, generator=gen, dtype=torch.float64)).to(dtype)
+            + 0.3 * torch.randn(n, dims, dims + 1, generator=gen, dtype=torch.float64)).to(device,
+                                                                                           dtype)
 
 
 def affine_reference(x, theta, size, fill_value=None, **args):
@@ -195,12 +198,13 @@ AFFINE_PARITY_CASES = [
 def test_affine_general_parity(backend, mode, dims, fill, padding_mode, align_corners, dtype):
     shape, size = SHAPES[dims]["odd"]
     seed = seed_of("affine", mode, dims, padding_mode, align_corners)
-    x = random_input(shape, seed=seed, dtype=dtype).requires_grad_()
-    theta = random_affine(shape[0], dims, seed=seed, dtype=dtype).requires_grad_()
-    go = random_input((*shape[:2], *size), seed=seed + 1, dtype=dtype)
+    x = random_input(shape, seed=seed, dtype=dtype, device=backend.device).requires_grad_()
+    theta = random_affine(shape[0], dims, seed=seed, dtype=dtype,
+                          device=backend.device).requires_grad_()
+    go = random_input((*shape[:2], *size), seed=seed + 1, dtype=dtype, device=backend.device)
     args = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    out, gx, gth = grads(lambda x, t: stn_ext.affine_grid_sample(
-        x, t, size, **args, fill_value=fill, backend=backend), x, theta, go)
+    out, gx, gth = grads(lambda x, t: backend.affine_sample(
+        x, t, size, **args, fill_value=fill), x, theta, go)
     ref, rgx, rgth = grads(lambda x, t: affine_reference(x, t, size, fill, **args), x, theta, go)
     assert_close(out, ref, dtype, "output")
     assert_close(gx, rgx, dtype, "grad input", scale=max_abs(rgx))
@@ -213,10 +217,10 @@ def test_affine_general_parity(backend, mode, dims, fill, padding_mode, align_co
 def test_affine_general_gradcheck(backend, mode, dims, fill):
     shape, size = ((1, 3, 3, 4), (2, 3)) if dims == 2 else ((1, 3, 2, 3, 3), (2, 2, 2))
     seed = seed_of("affine-gradcheck", mode, dims)
-    x = random_input(shape, seed=seed).requires_grad_()
-    theta = random_affine(1, dims, seed=seed).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, t: stn_ext.affine_grid_sample(
-        x, t, size, mode=mode, fill_value=fill, backend=backend), (x, theta))
+    x = random_input(shape, seed=seed, device=backend.device).requires_grad_()
+    theta = random_affine(1, dims, seed=seed, device=backend.device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, t: backend.affine_sample(
+        x, t, size, mode=mode, fill_value=fill), (x, theta))
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -224,12 +228,12 @@ def test_layouts(backend, dims):
     """channels_last(_3d) input keeps its layout; strided grids and thetas give the same values."""
     shape, size = SHAPES[dims]["odd"]
     seed = seed_of("layouts", dims)
-    x = random_input(shape, seed=seed)
-    grid = random_grid(shape[0], size, dims, seed=seed)
+    x = random_input(shape, seed=seed, device=backend.device)
+    grid = random_grid(shape[0], size, dims, seed=seed, device=backend.device)
     want = reference(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     channels_last = torch.channels_last if dims == 2 else torch.channels_last_3d
     x_cl = x.contiguous(memory_format=channels_last).requires_grad_()
-    out = stn_ext.grid_sample(x_cl, grid, backend=backend)
+    out = backend.grid_sample(x_cl, grid)
     assert out.is_contiguous(memory_format=channels_last)
     assert_close(out, want, torch.float64, "channels_last output")
     (gx,) = torch.autograd.grad(out.sum(), x_cl)
@@ -238,10 +242,10 @@ def test_layouts(backend, dims):
     strided = torch.stack([grid, torch.zeros_like(grid)], dim=-1).flatten(-2)[..., ::2]
     strided = strided.transpose(1, 2).contiguous().transpose(1, 2)
     assert not strided.is_contiguous()
-    assert_close(stn_ext.grid_sample(x, strided, backend=backend), want, torch.float64, "strided grid")
-    theta = random_affine(shape[0], dims, seed=seed)
+    assert_close(backend.grid_sample(x, strided), want, torch.float64, "strided grid")
+    theta = random_affine(shape[0], dims, seed=seed, device=backend.device)
     theta_t = theta.transpose(1, 2).contiguous().transpose(1, 2)
-    assert_close(stn_ext.affine_grid_sample(x, theta_t, size, backend=backend),
+    assert_close(backend.affine_sample(x, theta_t, size),
                  affine_reference(x, theta, size, mode="bilinear", padding_mode="zeros",
                                   align_corners=False), torch.float64, "strided theta")
 
@@ -250,9 +254,11 @@ def test_layouts(backend, dims):
 def test_empty(backend, dims):
     shape, size = SHAPES[dims]["odd"]
     for n, c, out_size in ((0, 3, size), (2, 0, size), (2, 3, (0,) * dims)):
-        x = torch.randn(n, c, *shape[2:], dtype=torch.float64, requires_grad=True)
-        grid = torch.zeros(n, *out_size, dims, dtype=torch.float64, requires_grad=True)
-        out = stn_ext.grid_sample(x, grid, backend=backend)
+        x = torch.randn(n, c, *shape[2:], dtype=torch.float64, device=backend.device,
+                        requires_grad=True)
+        grid = torch.zeros(n, *out_size, dims, dtype=torch.float64, device=backend.device,
+                           requires_grad=True)
+        out = backend.grid_sample(x, grid)
         assert out.shape == (n, c, *out_size)
         gx, gg = torch.autograd.grad(out.sum(), (x, grid), allow_unused=True)
         assert gx is None or torch.count_nonzero(gx) == 0
@@ -265,11 +271,11 @@ def test_non_finite_grid(backend, mode, dims, value):
     """A point whose coordinate is not finite (after padding for nearest and bilinear) is NaN in
     every channel, adds nothing to grad_input and NaN to its grid gradient (zero for nearest)."""
     shape, size = SHAPES[dims]["odd"]
-    x, grid, go = make(shape, size, dims, torch.float64, seed_of("nan", mode, dims))
+    x, grid, go = make(shape, size, dims, torch.float64, seed_of("nan", mode, dims), backend.device)
     bad = grid.detach().clone()
     bad.view(-1, dims)[0, 0] = value  # image 0, first point, x coordinate
     bad.requires_grad_()
-    out, gx, gg = grads(lambda x, g: stn_ext.grid_sample(x, g, mode, backend=backend), x, bad, go)
+    out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, mode), x, bad, go)
     first = (0, slice(None), *([0] * dims))
     assert out[first].isnan().all()
     assert not out.isnan().view(-1)[1:].any() or out[1].isfinite().all()
@@ -278,7 +284,7 @@ def test_non_finite_grid(backend, mode, dims, value):
     keep.view(-1)[0] = False
     go_without = go.clone()
     go_without[first] = 0
-    _, rgx, _ = grads(lambda x, g: stn_ext.grid_sample(x, g, mode, backend=backend),
+    _, rgx, _ = grads(lambda x, g: backend.grid_sample(x, g, mode),
                       x, grid, go_without)
     assert_close(gx, rgx, torch.float64, "grad input", scale=max_abs(rgx))
     point_grad = gg.view(shape[0], -1, dims)[0, 0]
@@ -292,8 +298,8 @@ def test_results_do_not_depend_on_thread_count(backend, num_threads):
         torch.set_num_threads(threads)
         for dims in (2, 3):
             shape, size = SHAPES[dims]["odd"]
-            x, grid, go = make(shape, size, dims, torch.float32, seed_of("threads", dims))
-            results.append(grads(lambda x, g: stn_ext.grid_sample(x, g, backend=backend),
+            x, grid, go = make(shape, size, dims, torch.float32, seed_of("threads", dims), backend.device)
+            results.append(grads(lambda x, g: backend.grid_sample(x, g),
                                  x, grid, go))
     for a, b in zip(results[:2], results[2:]):
         for got, want in zip(a, b):
@@ -301,30 +307,69 @@ def test_results_do_not_depend_on_thread_count(backend, num_threads):
 
 
 @pytest.mark.parametrize("dims", [2, 3])
+def test_repeated_backward_is_bitwise_identical(backend, dims):
+    """A dense grid has no inverse map, so grad_input is a scatter: the CPU kernels keep one image
+    per thread; the CUDA kernels, under torch.use_deterministic_algorithms(True), gather it from
+    tap records sorted by input pixel. Either way every run gives the same bits (in emulation,
+    with the blocks in another order each time), equal to the reference. Points crowd into a
+    small region, so that many taps share input pixels."""
+    shape, size = ((2, 3, 6, 7), (17, 19)) if dims == 2 else ((2, 2, 4, 5, 3), (5, 7, 9))
+    x, grid, go = make(shape, size, dims, torch.float32, seed_of("repeat", dims), backend.device)
+    with torch.no_grad():
+        grid.mul_(0.4)
+    deterministic = contextlib.nullcontext() if backend.name == "cpu" else deterministic_mode()
+    runs = []
+    with deterministic:
+        for block_order_seed in range(3):
+            order = (cuda_emulation.device_limits(block_order_seed=block_order_seed)
+                     if backend.emulated else contextlib.nullcontext())
+            with order:
+                runs.append(grads(lambda x, g: backend.grid_sample(x, g, "bicubic" if dims == 2
+                                                                   else "bilinear"), x, grid, go))
+    for again in runs[1:]:
+        for a, b in zip(runs[0], again):
+            assert torch.equal(a, b)
+    mode = "bicubic" if dims == 2 else "bilinear"
+    _, rgx, rgg = grads(lambda x, g: reference(x, g, mode=mode, padding_mode="zeros",
+                                               align_corners=False), x, grid, go)
+    assert_close(runs[0][1], rgx, torch.float32, "grad input", scale=max_abs(rgx))
+    assert_close(runs[0][2], rgg, torch.float32, "grad grid", scale=max_abs(rgg))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_nearest_copies_negative_zero(backend, dims):
+    """Nearest sampling copies the sampled value bit for bit, -0.0 included (as ATen)."""
+    x = torch.full((1, 2, *([3] * dims)), -0.0, dtype=torch.float64, device=backend.device)
+    grid = random_grid(1, (4,) * dims, dims, seed=7, spread=0.9, device=backend.device)
+    out = backend.grid_sample(x, grid, "nearest")
+    assert out.signbit().all()
+
+
+@pytest.mark.parametrize("dims", [2, 3])
 def test_opcheck_and_compile(backend, dims):
     shape, size = SHAPES[dims]["odd"]
-    x = random_input(shape, seed=1)
-    grid = random_grid(shape[0], size, dims, seed=2)
-    theta = random_affine(shape[0], dims, seed=3)
-    fill = torch.arange(shape[1], dtype=torch.float64)
-    opcheck(torch.ops.stn_ext.grid_sample.default,
+    x = random_input(shape, seed=1, device=backend.device)
+    grid = random_grid(shape[0], size, dims, seed=2, device=backend.device)
+    theta = random_affine(shape[0], dims, seed=3, device=backend.device)
+    fill = torch.arange(shape[1], dtype=torch.float64, device=backend.device)
+    opcheck(backend.general_ops.grid_sample.default,
             (x, grid, "bilinear", "zeros", False, fill))
-    opcheck(torch.ops.stn_ext.affine_sample.default,
+    opcheck(backend.general_ops.affine_sample.default,
             (x.requires_grad_(), theta.requires_grad_(), list(size), "nearest", "border", True,
              None))
     mode = "bicubic" if dims == 2 else "bilinear"
-    compiled = torch.compile(lambda x, g: stn_ext.grid_sample(x, g, mode, fill_value=fill,
-                                                              backend=backend), fullgraph=True)
+    compiled = torch.compile(lambda x, g: backend.grid_sample(x, g, mode, fill_value=fill),
+                             fullgraph=True)
     assert_close(compiled(x, grid), reference(x, grid, mode=mode, padding_mode="zeros",
                                               align_corners=False, fill_value=fill),
                  torch.float64, "compiled")
 
 
 def test_autocast(backend):
-    x = torch.randn(2, 3, 5, 6, dtype=torch.bfloat16)
-    grid = random_grid(2, (4, 4), 2, seed=4, dtype=torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = stn_ext.grid_sample(x, grid, "bicubic", fill_value=1.0, backend=backend)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.bfloat16, device=backend.device)
+    grid = random_grid(2, (4, 4), 2, seed=4, dtype=torch.bfloat16, device=backend.device)
+    with torch.autocast(backend.device, dtype=torch.bfloat16):
+        out = backend.grid_sample(x, grid, "bicubic", fill_value=1.0)
     assert out.dtype == torch.float32
     assert_close(out, reference(x.float(), grid.float(), mode="bicubic", padding_mode="zeros",
                                 align_corners=False, fill_value=1.0), torch.float32, "autocast")
@@ -341,9 +386,9 @@ SIZE_FORMS = {
 @pytest.mark.parametrize("dims", [2, 3])
 def test_size_integer_forms(backend, dims, form):
     shape, size = SHAPES[dims]["odd"]
-    x = random_input(shape, seed=5)
-    theta = random_affine(shape[0], dims, seed=6)
-    out = stn_ext.affine_grid_sample(x, theta, form(size), backend=backend)
+    x = random_input(shape, seed=5, device=backend.device)
+    theta = random_affine(shape[0], dims, seed=6, device=backend.device)
+    out = backend.affine_sample(x, theta, form(size))
     assert out.shape == (*shape[:2], *size)
     assert_close(out, affine_reference(x, theta, size, mode="bilinear", padding_mode="zeros",
                                        align_corners=False), torch.float64, "output")
@@ -376,8 +421,8 @@ BAD_GRID_SAMPLE = {
     "fill-mixed": (_bad(fill_value=[1.0, "a", 2.0]), TypeError, "fill_value must be"),
     "fill-grad": (_bad(fill_value=torch.ones(3, requires_grad=True)), ValueError,
                   "fill_value does not take gradients"),
-    "backend-cuda": (_bad(backend="cuda"), NotImplementedError,
-                     "backend 'cuda' has no kernel for 4-D input, mode 'bilinear'"),
+    # CPU tensors: "needs CUDA tensors" with the CUDA kernels built, else "is unavailable".
+    "backend-cuda": (_bad(backend="cuda"), (ValueError, RuntimeError), "backend='cuda'"),
     "backend-triton": (_bad(backend="triton", mode="bicubic"), NotImplementedError,
                        "backend 'triton' has no kernel for 4-D input, mode 'bicubic'"),
     "backend-name": (_bad(backend="gpu"), ValueError, "backend must be one of"),

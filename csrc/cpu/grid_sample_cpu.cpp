@@ -192,14 +192,6 @@ struct AffineMap {
   }
 };
 
-// Where each point of a row stands (RowStencil::status).
-// Ordered: a point's status is the worst (largest) of its axes'.
-enum PointStatus : int8_t {
-  kHasTaps = 0,    // sampled from its taps
-  kOutside = 1,    // every tap outside (zeros padding): reads the fill value or zero
-  kUndefined = 2,  // a non-finite coordinate (see is_undefined): NaN
-};
-
 constexpr int power(int base, int exponent) { return exponent == 0 ? 1 : base * power(base, exponent - 1); }
 
 // The stencils of one row of sample points, in structure-of-arrays form so that the per-point
@@ -252,12 +244,7 @@ struct RowStencil {
       const T* __restrict c = coords + a * width;
       const int64_t size = in.size[a];
       for (int64_t w = 0; w < width; ++w) {
-        const bool undefined = !(c[w] - c[w] == T(0));
-        // Border and reflection keep every tap inside (nearest and linear fold the point;
-        // cubic folds its taps), so only zeros padding has far points.
-        const bool far = kPadding == Padding::Zeros && axis_far_outside<kAxisTaps>(c[w], size);
-        const int8_t axis_status = undefined ? kUndefined : far ? kOutside : kHasTaps;
-        st[w] = std::max(st[w], axis_status);  // the worst over the axes
+        st[w] = std::max(st[w], axis_status<kAxisTaps>(c[w], size, kPadding));  // the worst axis
       }
     }
     int32_t* __restrict index = axis_index.data();
@@ -413,22 +400,20 @@ void forward_kernel(const at::Tensor& input, const Source& source,
         const scalar_t* plane = image;
         if (mask == Row::kAllInside) {  // the common case: no tap in the padding
           for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
-            T acc = T(0);
-            for (int k = 0; k < Row::kTaps; ++k) acc += weight[k] * T(plane[offset[k]]);
+            // The first tap's term starts the sum (no 0 + ...): nearest copies -0.0 exactly.
+            T acc = weight[0] * T(plane[offset[0]]);
+            for (int k = 1; k < Row::kTaps; ++k) acc += weight[k] * T(plane[offset[k]]);
             o[c * out.c_stride] = static_cast<scalar_t>(acc);
           }
           continue;
         }
         for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
           const T outside_value = has_fill ? fill[c] : T(0);
-          T acc = T(0);
-          for (int k = 0; k < Row::kTaps; ++k) {
-            if ((mask >> k) & 1) {
-              acc += weight[k] * T(plane[offset[k]]);
-            } else if (has_fill) {
-              acc += weight[k] * outside_value;
-            }
-          }
+          auto term = [&](int k) {
+            return weight[k] * ((mask >> k) & 1 ? T(plane[offset[k]]) : outside_value);
+          };
+          T acc = term(0);
+          for (int k = 1; k < Row::kTaps; ++k) acc += term(k);
           o[c * out.c_stride] = static_cast<scalar_t>(acc);
         }
       }
@@ -546,11 +531,11 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   });
 }
 
-// Calls f(dim, policy, padding) with each as a compile-time constant: every combination the
-// general ops take. Bicubic is 2-D only (as in PyTorch).
+// Calls f(dim, policy, padding) with each as a compile-time constant (with_mode_and_rank, then
+// the padding).
 template <typename F>
 void with_static_config(int64_t dim, const SampleConfig& cfg, F&& f) {
-  auto with_padding = [&](auto dim_c, auto policy) {
+  with_mode_and_rank(dim, cfg.mode, [&](auto dim_c, auto policy) {
     switch (cfg.padding) {
       case Padding::Zeros:
         return f(dim_c, policy, std::integral_constant<Padding, Padding::Zeros>{});
@@ -559,27 +544,7 @@ void with_static_config(int64_t dim, const SampleConfig& cfg, F&& f) {
       case Padding::Reflection:
         return f(dim_c, policy, std::integral_constant<Padding, Padding::Reflection>{});
     }
-  };
-  auto with_policy = [&](auto dim_c) {
-    switch (cfg.mode) {
-      case Interpolation::Nearest:
-        return with_padding(dim_c, NearestPolicy{});
-      case Interpolation::Bilinear:
-        return with_padding(dim_c, LinearPolicy{});
-      case Interpolation::Bicubic:
-        if constexpr (decltype(dim_c)::value == 2) {
-          return with_padding(dim_c, CubicPolicy{});
-        } else {
-          TORCH_CHECK_NOT_IMPLEMENTED(false, "stn_ext: mode 'bicubic' takes 4-D input (as in "
-                                             "PyTorch), got ", decltype(dim_c)::value + 2, "-D");
-        }
-    }
-  };
-  if (dim == 2) {
-    with_policy(std::integral_constant<int, 2>{});
-  } else {
-    with_policy(std::integral_constant<int, 3>{});
-  }
+  });
 }
 
 // Pixel indices along an axis are int32 in the row loops (an index plus the stencil's reach must

@@ -1,11 +1,8 @@
 // CUDA kernels of stn_ext::affine_grid_sample: one thread per output pixel, looping channels.
 // The forward pass is a pure gather. The backward pass reduces grad_theta per block into
-// fixed-order partials (deterministic), and gets grad_input one of two ways:
-// - atomics (fast, not deterministic), or, under torch.use_deterministic_algorithms(True),
-// - tap records sorted by destination: the backward kernel writes each tap's (input pixel,
-//   weight) instead of adding it, a stable sort groups the records by input pixel, and a gather
-//   kernel sums each input pixel's records in that fixed order, writing grad_input once, in its
-//   final dtype. Correct for every theta and padding (singular maps and folds included).
+// fixed-order partials (deterministic), and gets grad_input one of two ways: atomics (fast, not
+// deterministic), or, under torch.use_deterministic_algorithms(True), tap records sorted by
+// destination (sampling_common.cuh).
 // Kernels are launched through launch_kernel (launch.cuh), which the test-only emulation build
 // runs on the host.
 #include <ATen/ATen.h>
@@ -17,13 +14,11 @@
 #include <tuple>
 
 #include "../affine_grid_sample.h"
-#include "launch.cuh"
+#include "sampling_common.cuh"
 
 namespace stn_ext {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr int kMaxTaps = 4;
 
 // Sizes and element strides of a 4-D tensor, in the kernel's index type.
@@ -116,11 +111,6 @@ __device__ inline SourcePoint<T> source_point_of(const Affine<T>& a, int64_t h, 
   return source_point(a, *base_x, *base_y, in_h, in_w, cfg);
 }
 
-template <typename T>
-__device__ inline T quiet_nan() {
-  return std::numeric_limits<T>::quiet_NaN();
-}
-
 template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ input, Geometry<index_t> in,
@@ -150,35 +140,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Sum of each of six values over the block, in a fixed order; the result is valid in thread 0.
-template <typename T>
-__device__ inline void block_sum6(T (&v)[6]) {
-  __shared__ T warp_sums[kWarps][6];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-#pragma unroll
-  for (int k = 0; k < 6; ++k) {
-    for (int delta = 16; delta > 0; delta /= 2) v[k] += __shfl_down_sync(0xffffffff, v[k], delta);
-  }
-  if (lane == 0) {
-#pragma unroll
-    for (int k = 0; k < 6; ++k) warp_sums[warp][k] = v[k];
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int k = 0; k < 6; ++k) {
-      T s = warp_sums[0][k];
-      for (int i = 1; i < kWarps; ++i) s += warp_sums[i][k];
-      v[k] = s;
-    }
-  }
-  __syncthreads();  // warp_sums is reused by the next image of a grid-stride loop
-}
-
 // Where the backward kernel puts grad_input's contributions: added atomically into
-// `atomic_sum` (an opmath-typed tensor of grad_input's layout), or, for the deterministic path,
-// written as records: tap k of output pixel p of image n is record (n * Ho * Wo + p) * 4 + k,
-// with key n * H * W + (the tap's pixel), or the key N * H * W (sorted last) for no tap.
+// `atomic_sum` (an opmath-typed tensor of grad_input's layout), or written as tap records
+// (sampling_common.cuh), kMaxTaps per output pixel.
 template <typename T>
 struct InputGradSink {
   T* atomic_sum;
@@ -258,7 +222,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     if (theta_partials != nullptr) {
-      block_sum6(tg);
+      block_sum(tg);
       if (threadIdx.x == 0) {
         T* out = theta_partials + (n * gridDim.x + blockIdx.x) * 6;
 #pragma unroll
@@ -266,59 +230,6 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-}
-
-// grad_input from the tap records of backward_kernel, sorted by key (stably, so records of one
-// input pixel stay in record order): one thread per input pixel sums its run of records, channel
-// by channel, and writes the result once.
-template <typename scalar_t, typename index_t>
-__global__ void __launch_bounds__(kThreads)
-    gather_input_grad_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
-                             const int64_t* __restrict__ sorted_key,
-                             const int64_t* __restrict__ record_of,
-                             const at::opmath_type<scalar_t>* __restrict__ record_weight,
-                             int64_t records, scalar_t* __restrict__ grad_input,
-                             Geometry<index_t> gin) {
-  using T = at::opmath_type<scalar_t>;
-  const int64_t plane = static_cast<int64_t>(gin.h) * gin.w;
-  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (pixel >= plane) return;
-  const index_t y = static_cast<index_t>(pixel / gin.w), x = static_cast<index_t>(pixel % gin.w);
-  const int64_t out_pixels = static_cast<int64_t>(gout.h) * gout.w;
-  auto lower_bound = [&](int64_t key) {
-    int64_t lo = 0, hi = records;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (sorted_key[mid] < key) lo = mid + 1; else hi = mid;
-    }
-    return lo;
-  };
-  for (int64_t n = blockIdx.y; n < gin.n; n += gridDim.y) {
-    const int64_t key = n * plane + pixel;
-    const int64_t first = lower_bound(key), last = lower_bound(key + 1);
-    scalar_t* dst = grad_input + n * gin.sn + y * gin.sh + x * gin.sw;
-    const scalar_t* go = grad_output + n * gout.sn;
-    for (index_t c = 0; c < gin.c; ++c) {
-      T acc = T(0);
-      for (int64_t r = first; r < last; ++r) {
-        const int64_t record = record_of[r];
-        const int64_t out_pixel = record / kMaxTaps - n * out_pixels;
-        const index_t oh = static_cast<index_t>(out_pixel / gout.w);
-        const index_t ow = static_cast<index_t>(out_pixel % gout.w);
-        acc += record_weight[record] * T(go[c * gout.sc + oh * gout.sh + ow * gout.sw]);
-      }
-      dst[c * gin.sc] = static_cast<scalar_t>(acc);
-    }
-  }
-}
-
-dim3 grid_for(int64_t pixels, int64_t batch) {
-  const int64_t blocks = (pixels + kThreads - 1) / kThreads;
-  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(),
-                    "stn_ext: the CUDA kernels take up to ",
-                    int64_t{std::numeric_limits<int32_t>::max()} * kThreads,
-                    " pixels per image, got ", pixels);
-  return dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(std::min(batch, max_grid_dim_y())));
 }
 
 ThetaStrides strides_of_theta(const at::Tensor& theta) {
@@ -400,23 +311,15 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
                         theta.const_data_ptr<scalar_t>(), strides_of_theta(theta), sink,
                         geometry_of<index_t>(atomic_input_grad ? atomic_sum : input),
                         output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr, cfg);
-          if (!recorded_input_grad) return;
-          // Stable: the records of one input pixel keep their order, whatever the sort does.
-          const auto [sorted_key, record_of] =
-              record_key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-          grad_input = at::empty_like(input, layout);
-          launch_kernel(gather_input_grad_kernel<scalar_t, index_t>,
-                        grid_for(input.size(2) * input.size(3), batch), kThreads, stream,
-                        grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
-                        sorted_key.const_data_ptr<int64_t>(), record_of.const_data_ptr<int64_t>(),
-                        record_weight.const_data_ptr<T>(), record_key.numel(),
-                        grad_input.mutable_data_ptr<scalar_t>(),
-                        geometry_of<index_t>(grad_input));
         };
         if (fits_int32({grad_output, input, atomic_sum})) launch(int32_t{0});
         else launch(int64_t{0});
       });
 
+  if (recorded_input_grad) {
+    grad_input = gather_input_grad<2>(grad_output, input, layout, record_key, record_weight,
+                                      kMaxTaps);
+  }
   if (atomic_input_grad) grad_input = atomic_sum.to(input.scalar_type());  // no copy if equal
   if (!output_mask[0]) grad_input = at::empty({0}, input.options());
   at::Tensor grad_theta = output_mask[1]

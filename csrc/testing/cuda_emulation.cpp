@@ -1,8 +1,11 @@
 // The test-only CUDA emulation library: csrc/cuda/'s kernels and launchers compiled as host C++
 // (see cuda_emulation.h), registered for CPU tensors as the ops of stn_ext_cuda_emulation, with
-// the schemas of the stn_ext ops, plus the emulated device's settings and launch counter.
-// Built by stn_ext/testing/cuda_emulation.py; not part of the installed package.
+// the schemas of the stn_ext ops, plus the emulated device's settings and launch counter. This
+// file declares the ops and registers the fused op's kernels; grid_sample_cuda_emulation.cpp
+// registers the general ops' kernels. Built by stn_ext/testing/cuda_emulation.py; not part of
+// the installed package.
 #include "../cuda/affine_grid_sample_cuda.cu"
+#include "../grid_sample.h"
 
 namespace stn_ext {
 namespace {
@@ -23,6 +26,10 @@ int64_t launch_count() { return emulation::launch_count().load(); }
 TORCH_LIBRARY(stn_ext_cuda_emulation, m) {
   m.def(kAffineGridSampleSchema);
   m.def(kAffineGridSampleBackwardSchema);
+  m.def(kGridSampleSchema);
+  m.def(kGridSampleBackwardSchema);
+  m.def(kAffineSampleSchema);
+  m.def(kAffineSampleBackwardSchema);
   m.def("set_device_limits(int max_grid_y, bool force_64bit_indexing, int block_order_seed) -> ()",
         &set_device_limits);
   m.def("launch_count() -> int", &launch_count);

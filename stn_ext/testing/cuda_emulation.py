@@ -11,7 +11,8 @@ the schemas of the ``stn_ext`` ops and take CPU tensors:
                                             padding_mode="zeros", align_corners=False)
 
 runs the CUDA forward kernel, and through autograd its backward kernels (the deterministic ones
-under ``torch.use_deterministic_algorithms(True)``, as on a GPU).
+under ``torch.use_deterministic_algorithms(True)``, as on a GPU); ``grid_sample`` and
+``affine_sample`` run the general ops' CUDA kernels (dense grids, 3-D, bicubic, fill values).
 
 The first use builds the library with ``torch.utils.cpp_extension.load`` (cached under
 ``TORCH_EXTENSIONS_DIR``, about a minute on 2 cores); ``python -m stn_ext.testing.cuda_emulation``
@@ -24,12 +25,14 @@ import pathlib
 import torch
 
 from .. import ops
-from ..functional import checked_arguments
+from ..functional import (checked_affine_arguments, checked_arguments,
+                          checked_grid_arguments)
 
 NAMESPACE = "stn_ext_cuda_emulation"
 CSRC = pathlib.Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = [CSRC / "affine_grid_sample.cpp", CSRC / "grid_sample.cpp",
-           CSRC / "testing" / "cuda_emulation.cpp"]
+           CSRC / "testing" / "cuda_emulation.cpp",
+           CSRC / "testing" / "grid_sample_cuda_emulation.cpp"]
 # The grid-y limit of CUDA devices, which the emulated device has unless a test lowers it.
 CUDA_MAX_GRID_Y = 65535
 
@@ -54,6 +57,7 @@ def load(verbose: bool = False) -> None:
                    extra_cflags=["-O2", "-std=c++20", "-DSTN_EXT_CUDA_EMULATION"],
                    extra_ldflags=["-lpthread"], is_python_module=False, verbose=verbose)
     ops.register_sampling_op("affine_grid_sample", python_autograd=True, namespace=NAMESPACE)
+    ops.register_general_ops(namespace=NAMESPACE)
     _loaded = True
 
 
@@ -79,10 +83,36 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor, size=None, *,
     """stn_ext.affine_grid_sample computed by the CUDA kernels, emulated, on CPU tensors."""
     input, theta, out_h, out_w = checked_arguments(input, theta, size, mode, padding_mode,
                                                    align_corners)
-    if input.device.type != "cpu":
-        raise ValueError(f"the CUDA emulation takes CPU tensors, got tensors on {input.device}")
+    _cpu_tensors(input)
     return forward_op()(input, theta, out_h, out_w, mode, padding_mode, align_corners)
 
+
+def _cpu_tensors(input: torch.Tensor) -> None:
+    if input.device.type != "cpu":
+        raise ValueError(f"the CUDA emulation takes CPU tensors, got tensors on {input.device}")
+
+
+def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
+                padding_mode: str = "zeros", align_corners: bool = False, *,
+                fill_value=None) -> torch.Tensor:
+    """stn_ext.grid_sample computed by the general ops' CUDA kernels, emulated, on CPU tensors."""
+    input, grid, fill = checked_grid_arguments(input, grid, mode, padding_mode, align_corners,
+                                               fill_value)
+    _cpu_tensors(input)
+    return _ops().grid_sample(input, grid, mode, padding_mode, align_corners, fill)
+
+
+def affine_sample(input: torch.Tensor, theta: torch.Tensor, size=None, *,
+                  mode: str = "bilinear", padding_mode: str = "zeros",
+                  align_corners: bool = False, fill_value=None) -> torch.Tensor:
+    """stn_ext.affine_grid_sample computed by the general ops' CUDA kernel (stn_ext::affine_sample,
+    any rank, mode and fill), emulated, on CPU tensors."""
+    input, theta, out_size, fill = checked_affine_arguments(input, theta, size, mode,
+                                                            padding_mode, align_corners,
+                                                            fill_value)
+    _cpu_tensors(input)
+    return _ops().affine_sample(input, theta, list(out_size), mode, padding_mode, align_corners,
+                                fill)
 
 def launch_count() -> int:
     """Kernel launches since the library was loaded."""

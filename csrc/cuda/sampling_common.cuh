@@ -1,0 +1,175 @@
+// What the CUDA kernels of both sampling ops share (affine_grid_sample_cuda.cu, the fused 2-D
+// affine op; grid_sample_cuda.cu, the general ops): launch geometry, a fixed-order block sum,
+// and the deterministic grad_input path from sorted tap records.
+//
+// Deterministic grad_input (under torch.use_deterministic_algorithms(True)): instead of adding
+// each tap's weight * grad_output into grad_input with atomics, a backward kernel writes one
+// record per tap, (key, weight): tap k of output point p of image n is record
+// (n * points + p) * taps_per_point + k, its key n * plane + (the tap's pixel in the input plane,
+// x fastest), or N * plane (sorted last) for a tap that adds nothing. A stable sort groups the
+// records by input pixel (keeping record order within a pixel), and gather_input_grad sums each
+// input pixel's records in that fixed order, writing grad_input once, in its final dtype. Correct
+// for any sample points (folds, singular maps, dense grids): nothing assumes an inverse map, and
+// the work is sized by the shape, never by the values.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "launch.cuh"
+
+namespace stn_ext {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+// One block row per kThreads points of an image, one block column per image (a grid-stride loop
+// over images beyond the device's grid-y limit).
+inline dim3 grid_for(int64_t points, int64_t batch) {
+  const int64_t blocks = (points + kThreads - 1) / kThreads;
+  TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(),
+                    "stn_ext: the CUDA kernels take up to ",
+                    int64_t{std::numeric_limits<int32_t>::max()} * kThreads,
+                    " output points per image, got ", points);
+  return dim3(static_cast<unsigned>(blocks),
+              static_cast<unsigned>(std::min(batch, max_grid_dim_y())));
+}
+
+template <typename T>
+__device__ inline T quiet_nan() {
+  return std::numeric_limits<T>::quiet_NaN();
+}
+
+// Sum of each of kValues values over the block, in a fixed order; the result is valid in
+// thread 0. Every thread of the block must call it.
+template <int kValues, typename T>
+__device__ inline void block_sum(T (&v)[kValues]) {
+  __shared__ T warp_sums[kWarps][kValues];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < kValues; ++k) {
+    for (int delta = 16; delta > 0; delta /= 2) v[k] += __shfl_down_sync(0xffffffff, v[k], delta);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < kValues; ++k) warp_sums[warp][k] = v[k];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int k = 0; k < kValues; ++k) {
+      T s = warp_sums[0][k];
+      for (int i = 1; i < kWarps; ++i) s += warp_sums[i][k];
+      v[k] = s;
+    }
+  }
+  __syncthreads();  // warp_sums is reused by the next image of a grid-stride loop
+}
+
+// Sizes and element strides of an (N, C, *spatial) tensor with kDim spatial axes, stored x first
+// (the order of grid coordinates): axis 0 is the last dimension.
+template <int kDim>
+struct PointGeometry {
+  int64_t n, c, sn, sc;
+  int64_t size[kDim], stride[kDim];
+
+  static PointGeometry of(const at::Tensor& t) {
+    PointGeometry g;
+    g.n = t.size(0);
+    g.c = t.size(1);
+    g.sn = t.stride(0);
+    g.sc = t.stride(1);
+    for (int a = 0; a < kDim; ++a) {
+      g.size[a] = t.size(t.dim() - 1 - a);
+      g.stride[a] = t.stride(t.dim() - 1 - a);
+    }
+    return g;
+  }
+  __host__ __device__ int64_t points() const {
+    int64_t p = 1;
+    for (int a = 0; a < kDim; ++a) p *= size[a];
+    return p;
+  }
+  // The element offset within a channel plane of point `point` (x fastest).
+  __host__ __device__ int64_t offset_of(int64_t point) const {
+    int64_t o = 0;
+    for (int a = 0; a < kDim; ++a) {
+      o += (point % size[a]) * stride[a];
+      point /= size[a];
+    }
+    return o;
+  }
+};
+
+// grad_input from tap records sorted by key (see the top of this file): one thread per input
+// pixel sums its run of records, channel by channel, and writes the result once.
+template <typename scalar_t, int kDim>
+__global__ void __launch_bounds__(kThreads)
+    gather_input_grad_kernel(const scalar_t* __restrict__ grad_output, PointGeometry<kDim> gout,
+                             const int64_t* __restrict__ sorted_key,
+                             const int64_t* __restrict__ record_of,
+                             const at::opmath_type<scalar_t>* __restrict__ record_weight,
+                             int64_t records, int taps_per_point,
+                             scalar_t* __restrict__ grad_input, PointGeometry<kDim> gin) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t plane = gin.points();
+  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (pixel >= plane) return;
+  const int64_t out_points = gout.points();
+  auto lower_bound = [&](int64_t key) {
+    int64_t lo = 0, hi = records;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (sorted_key[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+  };
+  const int64_t pixel_offset = gin.offset_of(pixel);
+  for (int64_t n = blockIdx.y; n < gin.n; n += gridDim.y) {
+    const int64_t key = n * plane + pixel;
+    const int64_t first = lower_bound(key), last = lower_bound(key + 1);
+    scalar_t* dst = grad_input + n * gin.sn + pixel_offset;
+    const scalar_t* go = grad_output + n * gout.sn;
+    for (int64_t c = 0; c < gin.c; ++c) {
+      T acc = T(0);
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t record = record_of[r];
+        const int64_t out_point = record / taps_per_point - n * out_points;
+        acc += record_weight[record] * T(go[c * gout.sc + gout.offset_of(out_point)]);
+      }
+      dst[c * gin.sc] = static_cast<scalar_t>(acc);
+    }
+  }
+}
+
+// grad_input (of `input`'s sizes, in `layout`) from the records a backward kernel wrote.
+template <int kDim>
+at::Tensor gather_input_grad(const at::Tensor& grad_output, const at::Tensor& input,
+                             at::MemoryFormat layout, const at::Tensor& record_key,
+                             const at::Tensor& record_weight, int taps_per_point) {
+  // Stable: the records of one input pixel keep their order, whatever the sort does.
+  const auto [sorted_key, record_of] = record_key.sort(/*stable=*/true, /*dim=*/0,
+                                                       /*descending=*/false);
+  at::Tensor grad_input = at::empty_like(input, layout);
+  const PointGeometry<kDim> gin = PointGeometry<kDim>::of(grad_input);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "gather_input_grad", [&] {
+        launch_kernel(gather_input_grad_kernel<scalar_t, kDim>, grid_for(gin.points(), gin.n),
+                      kThreads, stream, grad_output.const_data_ptr<scalar_t>(),
+                      PointGeometry<kDim>::of(grad_output), sorted_key.const_data_ptr<int64_t>(),
+                      record_of.const_data_ptr<int64_t>(),
+                      record_weight.const_data_ptr<at::opmath_type<scalar_t>>(),
+                      record_key.numel(), taps_per_point,
+                      grad_input.mutable_data_ptr<scalar_t>(), gin);
+      });
+  return grad_input;
+}
+
+}  // namespace
+}  // namespace stn_ext
