@@ -11,7 +11,10 @@ and a speedup is the median of the per-round ratios, so the machine's drift canc
 
 Backends: torch (F.affine_grid + F.grid_sample, or F.grid_sample, eager), torch-compile (the same
 under torch.compile), and ours: cpu on CPU, cuda and triton on GPU (triton on CPU would only run
-interpreted, far too slowly to time).
+interpreted, far too slowly to time). On CPU, where OpenCV is installed (the `bench` extra:
+opencv-python-headless), also opencv: cv2.warpAffine, bilinear, one call per image on float32
+HWC images (channels_last input), forward of 2-D affine workloads only, with as many threads as
+torch.
 """
 import argparse
 import functools
@@ -20,6 +23,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +41,7 @@ class Workload:
     op: str  # AFFINE (theta) or GRID (a smooth random dense grid)
     shape: tuple  # the input's shape, then the output's spatial size
     mode: Optional[str] = None  # None: --mode
+    channels_last: bool = False  # input (and grad_output) in channels_last: HWC images
 
 
 SHAPES = {
@@ -48,13 +53,17 @@ SHAPES = {
     "grid": Workload(GRID, (64, 3, 32, 32, 32, 32)),  # flow warping at the STN's size
     "grid-bicubic": Workload(GRID, (64, 3, 32, 32, 32, 32), "bicubic"),
     "volume": Workload(AFFINE, (4, 8, 32, 32, 32, 32, 32, 32)),  # 3-D registration
+    # Image warps as OpenCV users hold them (HWC): the STN's size, photos, large grayscale.
+    "stn-hwc": Workload(AFFINE, (64, 3, 32, 32, 32, 32), channels_last=True),
+    "photo512-hwc": Workload(AFFINE, (8, 3, 512, 512, 512, 512), channels_last=True),
+    "gray1024-hwc": Workload(AFFINE, (8, 1, 1024, 1024, 1024, 1024), channels_last=True),
 }
 # These also run in bfloat16 and in channels_last (the other shapes in float32 only).
 VARIANT_SHAPES = ("batch256", "features")
 QUICK_SHAPES = ("stn", "features")
 PASSES = ("fwd", "bwd", "fwd+bwd")
 QUICK_PASSES = ("fwd", "fwd+bwd")
-BACKENDS = ("torch", "torch-compile", "cpu", "cuda", "triton")
+BACKENDS = ("torch", "torch-compile", "cpu", "cuda", "triton", "opencv")
 ALIGN_CORNERS = False
 
 
@@ -92,7 +101,7 @@ def cases(shape_names: Sequence[str], with_variants: bool, mode: str) -> Iterato
     for name in shape_names:
         w = SHAPES[name]
         case = functools.partial(Case, name, w.op, w.shape, w.mode or mode)
-        yield case(torch.float32, False)
+        yield case(torch.float32, w.channels_last)
         if with_variants and name in VARIANT_SHAPES:
             yield case(torch.bfloat16, False)
             yield case(torch.float32, True)
@@ -121,6 +130,8 @@ def backends_for(device: torch.device, quick: bool) -> List[str]:
         backends.append("torch-compile")
     if device.type == "cpu":
         backends.append("cpu")
+        if _opencv() is not None:
+            backends.append("opencv")
     else:
         backends += [b for b in stn_ext.available_backends() if b in ("cuda", "triton")]
     return backends
@@ -133,8 +144,67 @@ def torch_composition(input, theta, out_size, mode, padding_mode):
                          align_corners=ALIGN_CORNERS)
 
 
+def _opencv():
+    """The cv2 module, or None where OpenCV is not installed."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+# OpenCV border modes that equal a padding mode of ours (reflection differs: OpenCV reflects
+# about pixel centres or edges without PyTorch's align_corners rule).
+OPENCV_BORDERS = {"zeros": "BORDER_CONSTANT", "border": "BORDER_REPLICATE"}
+
+
+def runs(backend: str, case: Case, pass_name: str, padding_mode: str) -> bool:
+    """Whether a backend takes this case and pass (opencv: the forward of 2-D bilinear affine
+    warps of float32 HWC images)."""
+    if backend != "opencv":
+        return True
+    return (case.op == AFFINE and case.dims == 2 and pass_name == "fwd"
+            and case.mode == "bilinear" and case.dtype == torch.float32 and case.channels_last
+            and padding_mode in OPENCV_BORDERS)
+
+
+def opencv_matrices(theta: torch.Tensor, in_hw: tuple, out_hw: tuple) -> np.ndarray:
+    """cv2.warpAffine's inverse maps (N, 2, 3), output pixel -> input pixel, equal to theta's
+    map between normalised coordinates (align_corners=False: pixel centres at (2 i + 1) / size -
+    1)."""
+    (h, w), (ho, wo) = in_hw, out_hw
+    output_to_normalised = np.array([[2 / wo, 0, 1 / wo - 1], [0, 2 / ho, 1 / ho - 1], [0, 0, 1]])
+    normalised = theta.detach().double().cpu().numpy() @ output_to_normalised  # (N, 2, 3)
+    scale, offset = np.array([[w / 2, 0], [0, h / 2]]), np.array([(w - 1) / 2, (h - 1) / 2])
+    matrices = scale @ normalised
+    matrices[:, :, 2] += offset
+    return matrices
+
+
+def opencv_warp(case: Case, padding_mode: str) -> Callable:
+    """(input, theta) -> output by cv2.warpAffine, one call per image; input channels_last float32,
+    read in place as HWC, written into one channels_last output."""
+    cv2 = _opencv()
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    border = getattr(cv2, OPENCV_BORDERS[padding_mode])
+    ho, wo = case.out_size
+
+    def warp(input, theta):
+        n, c, h, w = input.shape
+        images = input.detach().permute(0, 2, 3, 1).numpy()  # a view: channels_last is NHWC
+        output = np.empty((n, ho, wo, c), dtype=np.float32)
+        for image, matrix, out in zip(images, opencv_matrices(theta, (h, w), (ho, wo)), output):
+            # one channel: OpenCV writes (Ho, Wo), the same memory as (Ho, Wo, 1)
+            cv2.warpAffine(image, matrix, (wo, ho), dst=out if c > 1 else out[..., 0],
+                           flags=flags, borderMode=border, borderValue=0)
+        return torch.from_numpy(output).permute(0, 3, 1, 2)
+    return warp
+
+
 def make_sampler(backend: str, case: Case, padding_mode: str) -> Callable:
     """(input, theta or grid) -> output for a backend."""
+    if backend == "opencv":
+        return opencv_warp(case, padding_mode)
     options = dict(mode=case.mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
     if backend in ("torch", "torch-compile"):
         if case.op == AFFINE:
@@ -311,6 +381,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if _opencv() is not None:
+        _opencv().setNumThreads(torch.get_num_threads())  # side by side on equal terms
     device = torch.device(args.device)
     shape_names = args.shapes or (QUICK_SHAPES if args.quick else tuple(SHAPES))
     passes = args.passes or (QUICK_PASSES if args.quick else PASSES)
@@ -332,6 +404,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for pass_name in passes:
             calls, first_call_ms = {}, {}
             for backend in backends:
+                if not runs(backend, case, pass_name, args.padding_mode):
+                    continue
                 try:
                     calls[backend], first_call_ms[backend] = prepare_backend(
                         case, backend, pass_name, tensors, args, device)

@@ -18,22 +18,8 @@ void check_sample_args(const at::Tensor& input, const at::Tensor& theta, int64_t
                        int64_t out_w) {
   TORCH_CHECK_VALUE(input.dim() == 4, "stn_ext: input must be 4-D (N, C, H, W), got ",
                     input.dim(), "-D");
-  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0,
-                    "stn_ext: input must have non-empty spatial dimensions, got sizes ",
-                    input.sizes());
-  TORCH_CHECK_VALUE(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3,
-                    "stn_ext: theta must have shape (N, 2, 3), got ", theta.sizes());
-  TORCH_CHECK_VALUE(theta.size(0) == input.size(0), "stn_ext: theta has batch ", theta.size(0),
-                    " but input has batch ", input.size(0));
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "stn_ext: input must be a floating tensor, got ", input.scalar_type());
-  TORCH_CHECK_TYPE(theta.scalar_type() == input.scalar_type(),
-                   "stn_ext: theta must have the dtype of input (", input.scalar_type(), "), got ",
-                   theta.scalar_type());
-  TORCH_CHECK_VALUE(theta.device() == input.device(), "stn_ext: theta is on ", theta.device(),
-                    " but input is on ", input.device());
-  TORCH_CHECK_VALUE(out_h >= 0 && out_w >= 0, "stn_ext: output size must be non-negative, got (",
-                    out_h, ", ", out_w, ")");
+  check_sampled_input(input);
+  check_theta(input, theta, {out_h, out_w});
 }
 
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,

@@ -1,7 +1,11 @@
 // The checks and option parsing of the general sampling ops (see grid_sample.h).
 #include "grid_sample.h"
 
+#include "affine_grid_sample.h"
+
 #include <ATen/ATen.h>
+
+#include <algorithm>
 
 #include <string>
 #include <vector>
@@ -32,10 +36,7 @@ SampleConfig parse_general_config(c10::string_view mode_name, c10::string_view p
   return cfg;
 }
 
-namespace {
-
-void check_input_and_options(const at::Tensor& input, const SampleConfig& cfg,
-                             const c10::optional<at::Tensor>& fill_value) {
+void check_sampled_input(const at::Tensor& input) {
   TORCH_CHECK_VALUE(input.dim() == 4 || input.dim() == 5,
                     "stn_ext: input must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got ",
                     input.dim(), "-D");
@@ -46,6 +47,12 @@ void check_input_and_options(const at::Tensor& input, const SampleConfig& cfg,
   }
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
                    "stn_ext: input must be a floating tensor, got ", input.scalar_type());
+}
+
+namespace {
+
+void check_options(const at::Tensor& input, const SampleConfig& cfg,
+                   const c10::optional<at::Tensor>& fill_value) {
   TORCH_CHECK_NOT_IMPLEMENTED(cfg.mode != Interpolation::Bicubic || input.dim() == 4,
                               "stn_ext: mode 'bicubic' takes 4-D input (as in PyTorch), got ",
                               input.dim(), "-D");
@@ -74,7 +81,8 @@ void check_coordinates(const char* name, const at::Tensor& coordinates, const at
 
 void check_grid_sample_args(const at::Tensor& input, const at::Tensor& grid,
                             const SampleConfig& cfg, const c10::optional<at::Tensor>& fill_value) {
-  check_input_and_options(input, cfg, fill_value);
+  check_sampled_input(input);
+  check_options(input, cfg, fill_value);
   const int64_t dims = input.dim() - 2;
   TORCH_CHECK_VALUE(grid.dim() == input.dim() && grid.size(-1) == dims, "stn_ext: grid must be (N, ",
                     dims == 2 ? "Ho, Wo, 2" : "Do, Ho, Wo, 3", ") for ", input.dim(),
@@ -82,20 +90,39 @@ void check_grid_sample_args(const at::Tensor& input, const at::Tensor& grid,
   check_coordinates("grid", grid, input);
 }
 
-void check_affine_sample_args(const at::Tensor& input, const at::Tensor& theta,
-                              at::IntArrayRef out_size, const SampleConfig& cfg,
-                              const c10::optional<at::Tensor>& fill_value) {
-  check_input_and_options(input, cfg, fill_value);
+void check_theta(const at::Tensor& input, const at::Tensor& theta, at::IntArrayRef out_size) {
   const int64_t dims = input.dim() - 2;
   TORCH_CHECK_VALUE(theta.dim() == 3 && theta.size(1) == dims && theta.size(2) == dims + 1,
-                    "stn_ext: theta must be (N, ", dims, ", ", dims + 1, ") for ", input.dim(),
-                    "-D input, got shape ", theta.sizes());
+                    "stn_ext: theta must have shape (N, ", dims, ", ", dims + 1, ") for ",
+                    input.dim(), "-D input, got ", theta.sizes());
   check_coordinates("theta", theta, input);
   TORCH_CHECK_VALUE(static_cast<int64_t>(out_size.size()) == dims,
                     "stn_ext: out_size must have ", dims, " entries, got ", out_size);
   for (const int64_t s : out_size) {
     TORCH_CHECK_VALUE(s >= 0, "stn_ext: out_size must be non-negative, got ", out_size);
   }
+}
+
+void check_affine_sample_args(const at::Tensor& input, const at::Tensor& theta,
+                              at::IntArrayRef out_size, const SampleConfig& cfg,
+                              const c10::optional<at::Tensor>& fill_value) {
+  check_sampled_input(input);
+  check_options(input, cfg, fill_value);
+  check_theta(input, theta, out_size);
+}
+
+at::Tensor new_sampled_output(const at::Tensor& input, at::IntArrayRef out_size) {
+  std::vector<int64_t> sizes = {input.size(0), input.size(1)};
+  sizes.insert(sizes.end(), out_size.begin(), out_size.end());
+  return at::empty(sizes, input.options().memory_format(output_memory_format(input)));
+}
+
+std::vector<int64_t> grid_points_size(const at::Tensor& grid) {
+  return std::vector<int64_t>(grid.sizes().begin() + 1, grid.sizes().end() - 1);
+}
+
+std::vector<int64_t> spatial_size_of(const at::Tensor& t) {
+  return std::vector<int64_t>(t.sizes().begin() + std::min<int64_t>(2, t.dim()), t.sizes().end());
 }
 
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,

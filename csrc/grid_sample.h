@@ -7,6 +7,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <vector>
+
 #include "sampling_math.h"
 
 namespace stn_ext {
@@ -37,12 +39,29 @@ inline constexpr const char* kAffineSampleBackwardSchema =
 SampleConfig parse_general_config(c10::string_view mode, c10::string_view padding_mode,
                                   bool align_corners);
 
+// input must be (N, C, *spatial), 2 or 3 non-empty spatial axes, floating.
+void check_sampled_input(const at::Tensor& input);
+
+// theta must be (N, dims, dims + 1) for input of `dims` spatial axes, of its batch, dtype and
+// device; out_size `dims` non-negative entries. (input: check_sampled_input)
+void check_theta(const at::Tensor& input, const at::Tensor& theta, at::IntArrayRef out_size);
+
 void check_grid_sample_args(const at::Tensor& input, const at::Tensor& grid,
                             const SampleConfig& cfg, const c10::optional<at::Tensor>& fill_value);
 
 void check_affine_sample_args(const at::Tensor& input, const at::Tensor& theta,
                               at::IntArrayRef out_size, const SampleConfig& cfg,
                               const c10::optional<at::Tensor>& fill_value);
+
+// The output of sampling `input` at out_size points per image: (N, C, *out_size), in the layout
+// every backend writes (output_memory_format).
+at::Tensor new_sampled_output(const at::Tensor& input, at::IntArrayRef out_size);
+
+// The spatial size of a grid's points (N, *out_size, dims): grid_sample's out_size.
+std::vector<int64_t> grid_points_size(const at::Tensor& grid);
+
+// The spatial size of an (N, C, *spatial) tensor (of any rank: the checks report a wrong one).
+std::vector<int64_t> spatial_size_of(const at::Tensor& t);
 
 // grad_output must be (N, C, *out_size) of the input's N, C, dtype and device.
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,

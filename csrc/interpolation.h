@@ -24,6 +24,11 @@ struct AxisTaps {
   T d_weight[kTaps];  // d(weight) / d(coordinate), in pixels
 };
 
+// base^exponent: the taps of an N-D stencil are power(axis taps, N).
+constexpr int power(int base, int exponent) {
+  return exponent == 0 ? 1 : base * power(base, exponent - 1);
+}
+
 // Where a mode takes its coordinate: nearest and linear read the padded coordinate
 // (source_index: border and reflection fold the point into the image), bicubic the unpadded one
 // and pads each of its taps instead (ATen's get_value_bounded).

@@ -1,7 +1,8 @@
 // Coordinate, padding and interpolation-weight math of the fused affine-grid + sample op.
 //
 // Shared verbatim by the CPU and CUDA kernels (every function is C10_HOST_DEVICE), so the CPU
-// tests exercise the exact arithmetic the GPU runs. The formulas follow PyTorch's
+// tests exercise the formulas the GPU runs (nvcc may contract a * b + c into one fused
+// multiply-add, so GPU results can differ from the CPU's in the last bits). The formulas follow PyTorch's
 // F.affine_grid (linspace base grid times theta^T) and ATen's GridSampler.h, so results match
 // F.grid_sample(F.affine_grid(...)) to rounding.
 #pragma once

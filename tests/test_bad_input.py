@@ -164,7 +164,7 @@ RAW_CASES = {
     "theta-dtype": (lambda: _op_args(theta=_theta(dtype=torch.float64)), TypeError,
                     r"theta must have the dtype of input"),
     "out-negative": (lambda: _op_args(out_h=-1), ValueError,
-                     r"output size must be non-negative, got \(-1, 4\)"),
+                     r"out_size must be non-negative, got \[-1, 4\]"),
     "mode": (lambda: _op_args(mode="area"), ValueError, r"mode must be 'bilinear', 'nearest' or"),
     "mode-bicubic": (lambda: _op_args(mode="bicubic"), ValueError,
                      r"affine_grid_sample takes mode 'bilinear' or 'nearest'"),

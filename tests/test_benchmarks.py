@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO_ROOT / "benchmarks"
@@ -95,6 +96,45 @@ def test_bench_sampling_general_ops(tmp_path):
     text = output.read_text()
     assert "| grid_sample 64x3x32x32->32x32 bicubic float32 | fwd | " in text
     assert "| 4x8x32x32x32->32x32x32 float32 | fwd | " in text
+
+
+def test_bench_sampling_opencv_rows(tmp_path):
+    """Where OpenCV is installed, cv2.warpAffine runs beside ours on the HWC image warps, in the
+    forward pass only."""
+    pytest.importorskip("cv2")
+    path = tmp_path / "opencv.json"
+    run_script("bench_sampling.py", "--device", "cpu", "--json", str(path), "--passes",
+               "fwd,fwd+bwd", "--min-run-time", "0.02", "--shapes", "stn-hwc",
+               "--backends", "torch,cpu,opencv")
+    run = load(path)
+    assert {(row["backend"], row["pass"], row["channels_last"]) for row in run["results"]} == {
+        ("torch", "fwd", True), ("cpu", "fwd", True), ("opencv", "fwd", True),
+        ("torch", "fwd+bwd", True), ("cpu", "fwd+bwd", True)}
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_opencv_warp_samples_where_theta_says(padding_mode, channels):
+    """The OpenCV row warps by the same map: on a ramp image (value = x + 2 y in pixels, so a
+    position error shows as a value error) it equals F.affine_grid + F.grid_sample to OpenCV's
+    1/32-pixel position steps."""
+    pytest.importorskip("cv2")
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_sampling
+    n, h, w, out_hw = 3, 20, 30, (25, 17)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                            torch.arange(w, dtype=torch.float32), indexing="ij")
+    image = (xs + 2 * ys).expand(n, channels, h, w).contiguous(memory_format=torch.channels_last)
+    theta = bench_sampling.random_affine(n, torch.Generator().manual_seed(0))
+    case = bench_sampling.Case("test", bench_sampling.AFFINE, (n, channels, h, w, *out_hw),
+                               "bilinear", torch.float32, True)
+    got = bench_sampling.opencv_warp(case, padding_mode)(image, theta)
+    want = bench_sampling.torch_composition(image, theta, out_hw, "bilinear", padding_mode)
+    # Inside the image; at its edge OpenCV's constant border blends with quantised weights too.
+    inside = F.grid_sample(torch.ones(n, 1, h, w), F.affine_grid(theta, [n, 1, *out_hw], False),
+                           align_corners=False) == 1
+    error = (got - want).abs().masked_select(inside)
+    assert error.numel() > 0 and error.max() <= 3 / 32
 
 
 def test_side_by_side_timing_on_cpu():

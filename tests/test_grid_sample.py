@@ -109,7 +109,8 @@ def test_grid_sample_shapes(backend, dims, shape, size, padding_mode):
             continue
         for align_corners in (False, True):
             args = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-            x, grid, go = make(shape, size, dims, torch.float64, seed_of(shape, args), backend.device)
+            x, grid, go = make(shape, size, dims, torch.float64, seed_of(shape, args),
+                               backend.device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 ref, rgx, rgg = grads(lambda x, g: reference(x, g, **args), x, grid, go)
@@ -125,7 +126,8 @@ def test_grid_sample_shapes(backend, dims, shape, size, padding_mode):
 def test_grid_sample_gradcheck(backend, config):
     dims = config["dims"]
     shape, size = ((1, 2, 3, 4), (2, 3)) if dims == 2 else ((1, 2, 2, 3, 3), (2, 2, 2))
-    x, grid, _ = make(shape, size, dims, torch.float64, seed_of("gradcheck", config), backend.device)
+    x, grid, _ = make(shape, size, dims, torch.float64, seed_of("gradcheck", config),
+                      backend.device)
     args = config_args(config)
     assert torch.autograd.gradcheck(
         lambda x, g: backend.grid_sample(x, g, **args), (x, grid))
@@ -138,7 +140,8 @@ FILLS = {"scalar": 0.75, "per-channel": [1.5, -2.0, 0.25], "tensor": torch.tenso
 @pytest.mark.parametrize("mode,dims", MODE_DIMS, ids=[f"{m}-{d}d" for m, d in MODE_DIMS])
 def test_fill_value(backend, mode, dims, fill):
     shape, size = SHAPES[dims]["odd"]
-    x, grid, go = make(shape, size, dims, torch.float64, seed_of("fill", mode, dims), backend.device)
+    x, grid, go = make(shape, size, dims, torch.float64, seed_of("fill", mode, dims),
+                       backend.device)
     args = dict(mode=mode, padding_mode="zeros", align_corners=False)
     fill_arg = fill.to(backend.device, torch.float64) if isinstance(fill, torch.Tensor) else fill
     out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, **args, fill_value=fill_arg),
@@ -150,7 +153,8 @@ def test_fill_value(backend, mode, dims, fill):
     # Points far outside read the fill exactly.
     far = torch.full_like(grid.detach(), 5.0)
     far_out = backend.grid_sample(x.detach(), far, **args, fill_value=fill_arg)
-    expected = torch.as_tensor(fill_arg, dtype=torch.float64, device=backend.device).expand(shape[1])
+    expected = torch.as_tensor(fill_arg, dtype=torch.float64, device=backend.device)
+    expected = expected.expand(shape[1])
     assert torch.equal(far_out.movedim(1, -1).reshape(-1, shape[1]),
                        expected.expand(far_out.numel() // shape[1], -1))
 
@@ -298,7 +302,8 @@ def test_results_do_not_depend_on_thread_count(backend, num_threads):
         torch.set_num_threads(threads)
         for dims in (2, 3):
             shape, size = SHAPES[dims]["odd"]
-            x, grid, go = make(shape, size, dims, torch.float32, seed_of("threads", dims), backend.device)
+            x, grid, go = make(shape, size, dims, torch.float32, seed_of("threads", dims),
+                               backend.device)
             results.append(grads(lambda x, g: backend.grid_sample(x, g),
                                  x, grid, go))
     for a, b in zip(results[:2], results[2:]):

@@ -192,7 +192,6 @@ struct AffineMap {
   }
 };
 
-constexpr int power(int base, int exponent) { return exponent == 0 ? 1 : base * power(base, exponent - 1); }
 
 // The stencils of one row of sample points, in structure-of-arrays form so that the per-point
 // coordinate and weight math runs in simple loops over the row: per axis, each axis tap's index,
@@ -221,7 +220,18 @@ struct RowStencil {
 
   // The stencils of the row whose normalised coordinates are in coordinates(), in an input of
   // geometry `in`; offsets for planes of strides `in`.
-  // kPadding a constant, so that the loops have no padding switch; align_corners only scales.
+  // The padding is a constant in the loops (no switch inside them); align_corners only scales.
+  void resolve(const Spatial<kDim>& in, const SampleConfig& cfg) {
+    switch (cfg.padding) {
+      case Padding::Zeros:
+        return resolve<Padding::Zeros>(in, cfg.align_corners);
+      case Padding::Border:
+        return resolve<Padding::Border>(in, cfg.align_corners);
+      case Padding::Reflection:
+        return resolve<Padding::Reflection>(in, cfg.align_corners);
+    }
+  }
+
   template <Padding kPadding>
   void resolve(const Spatial<kDim>& in, bool align_corners) {
     const SampleConfig cfg{Policy::kMode, kPadding, align_corners};
@@ -358,10 +368,10 @@ std::vector<T> fill_values(const c10::optional<at::Tensor>& fill) {
   return values;
 }
 
-template <int kDim, typename Policy, Padding kPadding, typename scalar_t, typename Source>
+template <int kDim, typename Policy, typename scalar_t, typename Source>
 void forward_kernel(const at::Tensor& input, const Source& source,
                     const std::vector<at::opmath_type<scalar_t>>& fill, at::Tensor& output,
-                    bool align_corners) {
+                    const SampleConfig& cfg) {
   using T = at::opmath_type<scalar_t>;
   using Row = RowStencil<kDim, Policy, T>;
   const Spatial<kDim> in(input), out(output);
@@ -376,7 +386,7 @@ void forward_kernel(const at::Tensor& input, const Source& source,
       const int64_t n = i / rows;
       const std::array<int64_t, kDim> pos = out.row_position(i % rows);
       source.image(n).row_coordinates(pos, width, row.coordinates().data());
-      row.template resolve<kPadding>(in, align_corners);
+      row.resolve(in, cfg);
       const scalar_t* image = in_ptr + n * in.n_stride;
       scalar_t* out_row = out_ptr + n * out.n_stride + out.offset(pos);
       for (int64_t w = 0; w < width; ++w) {
@@ -424,10 +434,10 @@ void forward_kernel(const at::Tensor& input, const Source& source,
 // grad_in_t is the opmath type (float for half and bfloat16: the caller casts back).
 // per_image_gradient: theta gradients, kDim * (kDim + 1) doubles per image (AffineMap);
 // grid_gradient: grad_grid (DenseGrid).
-template <int kDim, typename Policy, Padding kPadding, typename scalar_t, typename Source,
+template <int kDim, typename Policy, typename scalar_t, typename Source,
           typename grad_in_t>
 void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const Source& source,
-                     const std::vector<at::opmath_type<scalar_t>>& fill, bool align_corners,
+                     const std::vector<at::opmath_type<scalar_t>>& fill, const SampleConfig& cfg,
                      grad_in_t* grad_in_ptr,
                      const Spatial<kDim>& gin, double* per_image_gradient,
                      const GridGradient<kDim, scalar_t>* grid_gradient) {
@@ -458,7 +468,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
       for (int64_t r = 0; r < rows; ++r) {
         const std::array<int64_t, kDim> pos = gout.row_position(r);
         image.row_coordinates(pos, width, row.coordinates().data());
-        row.template resolve<kPadding>(in, align_corners);
+        row.resolve(in, cfg);
         const int64_t* gin_offset = row.offset.data();
         if (grad_in_ptr != nullptr && !same_layout) {
           row.flatten(gin, gin_offset_storage.data());
@@ -531,22 +541,6 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   });
 }
 
-// Calls f(dim, policy, padding) with each as a compile-time constant (with_mode_and_rank, then
-// the padding).
-template <typename F>
-void with_static_config(int64_t dim, const SampleConfig& cfg, F&& f) {
-  with_mode_and_rank(dim, cfg.mode, [&](auto dim_c, auto policy) {
-    switch (cfg.padding) {
-      case Padding::Zeros:
-        return f(dim_c, policy, std::integral_constant<Padding, Padding::Zeros>{});
-      case Padding::Border:
-        return f(dim_c, policy, std::integral_constant<Padding, Padding::Border>{});
-      case Padding::Reflection:
-        return f(dim_c, policy, std::integral_constant<Padding, Padding::Reflection>{});
-    }
-  });
-}
-
 // Pixel indices along an axis are int32 in the row loops (an index plus the stencil's reach must
 // fit).
 constexpr int64_t kMaxAxisSize = std::numeric_limits<int32_t>::max() - 8;
@@ -558,26 +552,20 @@ void check_axis_sizes(const at::Tensor& input) {
   }
 }
 
-at::Tensor new_output(const at::Tensor& input, at::IntArrayRef out_size) {
-  std::vector<int64_t> sizes = {input.size(0), input.size(1)};
-  sizes.insert(sizes.end(), out_size.begin(), out_size.end());
-  return at::empty(sizes, input.options().memory_format(output_memory_format(input)));
-}
-
 template <typename MakeSource>
 at::Tensor sample_cpu(const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
                       const c10::optional<at::Tensor>& fill, MakeSource make_source) {
   check_axis_sizes(input);
-  at::Tensor output = new_output(input, out_size);
+  at::Tensor output = new_sampled_output(input, out_size);
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sample_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const std::vector<T> fill_of_channel = fill_values<T>(fill);
-    with_static_config(input.dim() - 2, cfg, [&](auto dim, auto policy, auto padding) {
+    with_mode_and_rank(input.dim() - 2, cfg.mode, [&](auto dim, auto policy) {
       constexpr int kDim = decltype(dim)::value;
       const auto source = make_source(dim, scalar_t{}, Spatial<kDim>(output));
-      forward_kernel<kDim, decltype(policy), decltype(padding)::value, scalar_t>(
-          input, source, fill_of_channel, output, cfg.align_corners);
+      forward_kernel<kDim, decltype(policy), scalar_t>(input, source, fill_of_channel, output,
+                                                       cfg);
     });
   });
   return output;
@@ -595,17 +583,21 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(
       output_mask[0] ? at::zeros_like(input, input.options().dtype(at::toOpMathType(input.scalar_type())),
                                       output_memory_format(input))
                      : at::empty({0}, input.options());
-  // Theta gradients are reduced in double, as the 2-D affine kernels do.
+  // Theta gradients are reduced in double, as the 2-D affine kernels do. The kernel writes every
+  // element; without anything sampled (no image, channel or output point) they are zero.
+  const bool sampled = grad_output.numel() != 0;
+  const auto coordinate_options =
+      per_image ? coordinates.options().dtype(at::kDouble) : coordinates.options();
   at::Tensor grad_coordinates =
       !output_mask[1] ? at::empty({0}, coordinates.options())
-      : per_image     ? at::zeros(coordinates.sizes(), coordinates.options().dtype(at::kDouble))
-                      : at::zeros(coordinates.sizes(), coordinates.options());
-  if (grad_output.numel() != 0 && input.size(1) != 0) {
+      : sampled       ? at::empty(coordinates.sizes(), coordinate_options)
+                      : at::zeros(coordinates.sizes(), coordinate_options);
+  if (sampled) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, input.scalar_type(), "sample_backward_cpu", [&] {
           using T = at::opmath_type<scalar_t>;
           const std::vector<T> fill_of_channel = fill_values<T>(fill);
-          with_static_config(input.dim() - 2, cfg, [&](auto dim, auto policy, auto padding) {
+          with_mode_and_rank(input.dim() - 2, cfg.mode, [&](auto dim, auto policy) {
             constexpr int kDim = decltype(dim)::value;
             const Spatial<kDim> gout(grad_output);
             const auto source = make_source(dim, scalar_t{}, gout);
@@ -614,8 +606,8 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(
             const GridGradient<kDim, scalar_t> grid_gradient{
                 output_mask[1] && !per_image ? grad_coordinates.mutable_data_ptr<scalar_t>() : nullptr,
                 gout.points()};
-            backward_kernel<kDim, decltype(policy), decltype(padding)::value, scalar_t>(
-                grad_output, input, source, fill_of_channel, cfg.align_corners, gin_ptr, gin,
+            backward_kernel<kDim, decltype(policy), scalar_t>(
+                grad_output, input, source, fill_of_channel, cfg, gin_ptr, gin,
                 output_mask[1] && per_image ? grad_coordinates.mutable_data_ptr<double>() : nullptr,
                 output_mask[1] && !per_image ? &grid_gradient : nullptr);
           });
@@ -636,10 +628,6 @@ auto affine_map_source(const at::Tensor& theta, bool align_corners) {
     return AffineMap<decltype(dim)::value, at::opmath_type<decltype(scalar)>, decltype(scalar)>(
         theta, out, align_corners);
   };
-}
-
-std::vector<int64_t> grid_points_size(const at::Tensor& grid) {
-  return std::vector<int64_t>(grid.sizes().begin() + 1, grid.sizes().end() - 1);
 }
 
 at::Tensor grid_sample_cpu(const at::Tensor& input, const at::Tensor& grid, c10::string_view mode,
@@ -675,8 +663,7 @@ std::tuple<at::Tensor, at::Tensor> affine_sample_backward_cpu(
     c10::string_view mode, c10::string_view padding_mode, bool align_corners,
     const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
   const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  const std::vector<int64_t> size(grad_output.sizes().begin() + std::min<int64_t>(2, grad_output.dim()),
-                                  grad_output.sizes().end());
+  const std::vector<int64_t> size = spatial_size_of(grad_output);
   check_affine_sample_args(input, theta, size, cfg, fill_value);
   check_grad_output(grad_output, input, size);
   return sample_backward_cpu(grad_output, input, theta, cfg, fill_value, output_mask,

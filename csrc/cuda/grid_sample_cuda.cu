@@ -30,10 +30,6 @@
 namespace stn_ext {
 namespace {
 
-constexpr int power(int base, int exponent) {
-  return exponent == 0 ? 1 : base * power(base, exponent - 1);
-}
-
 // The taps of one sample point: the tensor product of its axes' taps (x fastest), and where the
 // point stands. The axes' taps are only set for a point with taps (status kHasTaps).
 template <int kDim, typename Policy, typename T>
@@ -327,19 +323,28 @@ __global__ void __launch_bounds__(kThreads)
         const scalar_t* src = input + n * in.sn;
         T* dst = input_sink.atomic_sum != nullptr
             ? input_sink.atomic_sum + n * input_sink.gin.sn : nullptr;
+        // The taps in registers for the channel loop (offsets in input and grad_input planes).
+        bool inside[kTaps];
+        T weight[kTaps];
+        int64_t in_offset[kTaps], gin_offset[kTaps];
+#pragma unroll
+        for (int k = 0; k < kTaps; ++k) {
+          inside[k] = s.inside(k);
+          weight[k] = s.weight(k);
+          in_offset[k] = inside[k] ? s.offset(k, in.stride) : 0;
+          gin_offset[k] = inside[k] && dst != nullptr ? s.offset(k, input_sink.gin.stride) : 0;
+        }
         for (int64_t c = 0; c < gout.c; ++c) {
           const T g = T(go[c * gout.sc]);
 #pragma unroll
           for (int k = 0; k < kTaps; ++k) {
-            const bool inside = s.inside(k);
-            if (dst != nullptr && inside) {
-              gpuAtomicAdd(dst + c * input_sink.gin.sc + s.offset(k, input_sink.gin.stride),
-                           s.weight(k) * g);
+            if (dst != nullptr && inside[k]) {
+              gpuAtomicAdd(dst + c * input_sink.gin.sc + gin_offset[k], weight[k] * g);
             }
             // Without a fill, taps outside read zero and add nothing, even where g is not
             // finite (as ATen, which skips them).
-            if (!coordinate_work || (!inside && fill == nullptr)) continue;
-            const T gv = g * (inside ? T(src[c * in.sc + s.offset(k, in.stride)]) : fill[c]);
+            if (!coordinate_work || (!inside[k] && fill == nullptr)) continue;
+            const T gv = g * (inside[k] ? T(src[c * in.sc + in_offset[k]]) : fill[c]);
 #pragma unroll
             for (int a = 0; a < kDim; ++a) g_coord[a] += gv * s.d_weight(k, a);
           }
@@ -368,12 +373,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-at::Tensor new_output(const at::Tensor& input, at::IntArrayRef out_size) {
-  std::vector<int64_t> sizes = {input.size(0), input.size(1)};
-  sizes.insert(sizes.end(), out_size.begin(), out_size.end());
-  return at::empty(sizes, input.options().memory_format(output_memory_format(input)));
-}
-
 // The fill values in the kernels' compute type (a device tensor), or an undefined tensor.
 at::Tensor fill_values(const c10::optional<at::Tensor>& fill, const at::Tensor& input) {
   if (!fill.has_value()) return at::Tensor();
@@ -390,7 +389,7 @@ template <typename MakeSource>
 at::Tensor sample_cuda(const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
                        const c10::optional<at::Tensor>& fill, MakeSource make_source) {
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor output = new_output(input, out_size);
+  at::Tensor output = new_sampled_output(input, out_size);
   if (output.numel() == 0) return output;
   const at::Tensor fill_of_channel = fill_values(fill, input);
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -510,10 +509,6 @@ auto affine_map_source(const at::Tensor& theta, bool align_corners) {
   };
 }
 
-std::vector<int64_t> grid_points_size(const at::Tensor& grid) {
-  return std::vector<int64_t>(grid.sizes().begin() + 1, grid.sizes().end() - 1);
-}
-
 at::Tensor grid_sample_cuda(const at::Tensor& input, const at::Tensor& grid, c10::string_view mode,
                             c10::string_view padding_mode, bool align_corners,
                             const c10::optional<at::Tensor>& fill_value) {
@@ -547,9 +542,7 @@ std::tuple<at::Tensor, at::Tensor> affine_sample_backward_cuda(
     c10::string_view mode, c10::string_view padding_mode, bool align_corners,
     const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
   const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  const std::vector<int64_t> size(
-      grad_output.sizes().begin() + std::min<int64_t>(2, grad_output.dim()),
-      grad_output.sizes().end());
+  const std::vector<int64_t> size = spatial_size_of(grad_output);
   check_affine_sample_args(input, theta, size, cfg, fill_value);
   check_grad_output(grad_output, input, size);
   return sample_backward_cuda(grad_output, input, theta, cfg, fill_value, output_mask,
