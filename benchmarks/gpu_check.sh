@@ -6,8 +6,9 @@
 # 2. runs the test suite on the GPU: the cuda and triton backends (the CPU and emulated backends
 #    are CI's);
 # 3. runs compute-sanitizer memcheck, racecheck and synccheck on benchmarks/sanitizer_driver.py;
-# 4. runs bench_sampling.py and bench_train.py on CUDA, recording into benchmarks/results/ (and
-#    copies of the JSON into OUT_DIR);
+# 4. runs bench_sampling.py and bench_train.py on CUDA and kernel_resources.py (registers and
+#    stack of the kernels just built), recording into benchmarks/results/ (and copies of the
+#    JSON into OUT_DIR);
 # then prints a summary. Every log is under OUT_DIR. Each step has a time limit so that the
 # whole check ends within about 8 minutes; a step that fails or times out is reported and the
 # script exits non-zero. Without a GPU it says so and exits 2.
@@ -86,6 +87,8 @@ step bench-sampling 150 "$python" benchmarks/bench_sampling.py --device cuda --j
   --min-run-time 0.2 --note "benchmarks/gpu_check.sh"
 step bench-train 90 "$python" benchmarks/bench_train.py --device cuda --json \
   --min-run-time 1.0 --note "benchmarks/gpu_check.sh"
+step kernel-resources 30 "$python" benchmarks/kernel_resources.py \
+  --json "benchmarks/results/kernels-sm_${arch//./}-$(date -u +%F).json"
 for f in benchmarks/results/*; do
   if ! grep -qxF "$(basename "$f")" <<<"$before"; then cp "$f" "$out/"; fi
 done
