@@ -260,6 +260,28 @@ def deterministic_mode():
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
+def repeated_runs(backend: Backend, run, times: int) -> list:
+    """`times` results of run(): on backends whose default backward uses atomics (all but cpu)
+    under torch.use_deterministic_algorithms(True), and in emulation with the blocks in another
+    order each time."""
+    deterministic = contextlib.nullcontext() if backend.name == "cpu" else deterministic_mode()
+    runs = []
+    with deterministic:
+        for block_order_seed in range(times):
+            order = (cuda_emulation.device_limits(block_order_seed=block_order_seed)
+                     if backend.emulated else contextlib.nullcontext())
+            with order:
+                runs.append(run())
+    return runs
+
+
+def assert_bitwise_identical(runs: list) -> None:
+    """Every run's tensors have the bits of the first run's."""
+    for again in runs[1:]:
+        for a, b in zip(runs[0], again):
+            assert torch.equal(a, b)
+
+
 def run(backend: Backend, input, theta, size=None, **config) -> torch.Tensor:
     return backend.sample(input, theta, size, **config)
 

@@ -58,21 +58,29 @@ LAUNCHES = {
 }
 
 
+def assert_launches(call: str, forward, backward) -> None:
+    """Runs forward() or backward(output_mask) as `call` (a key of LAUNCHES) says, and checks its
+    kernel launches."""
+    mask = [call != "backward-theta-only", True]
+    mode = deterministic_mode() if call == "backward-deterministic" else torch.no_grad()
+    with mode:
+        before = cuda_emulation.launch_count()
+        if call == "forward":
+            forward()
+        else:
+            backward(mask)
+        assert cuda_emulation.launch_count() - before == LAUNCHES[call]
+
+
 @pytest.mark.parametrize("call", LAUNCHES)
 def test_launch_count(call):
     config = CONFIGS[0]
     shape, size = (3, 2, 5, 6), (7, 4)
     x, theta = make_case(EMULATED, shape, size, config, torch.float32, seed_of("launches"))
     grad_output = torch.ones(*shape[:2], *size)
-    mask = [call != "backward-theta-only", True]
-    mode = deterministic_mode() if call == "backward-deterministic" else torch.no_grad()
-    with mode:
-        before = cuda_emulation.launch_count()
-        if call == "forward":
-            cuda_emulation.forward_op()(x, theta, *size, *config.values())
-        else:
-            cuda_emulation.backward_op()(grad_output, x, theta, *config.values(), mask)
-        assert cuda_emulation.launch_count() - before == LAUNCHES[call]
+    assert_launches(
+        call, lambda: cuda_emulation.forward_op()(x, theta, *size, *config.values()),
+        lambda mask: cuda_emulation.backward_op()(grad_output, x, theta, *config.values(), mask))
 
 
 @pytest.mark.parametrize("shape,size", [((2, 0, 5, 6), (4, 3)), ((2, 3, 5, 6), (0, 4)),
@@ -163,12 +171,6 @@ def test_general_launch_count(call, op):
     options = ["bilinear", "zeros", False, None]
     ops = getattr(torch.ops, cuda_emulation.NAMESPACE)
     grad_output = torch.ones(*shape[:2], *size)
-    mask = [call != "backward-theta-only", True]
-    mode = deterministic_mode() if call == "backward-deterministic" else torch.no_grad()
-    with mode:
-        before = cuda_emulation.launch_count()
-        if call == "forward":
-            getattr(ops, op)(x, coords, *size_arg, *options)
-        else:
-            getattr(ops, f"{op}_backward")(grad_output, x, coords, *options, mask)
-        assert cuda_emulation.launch_count() - before == LAUNCHES[call]
+    assert_launches(
+        call, lambda: getattr(ops, op)(x, coords, *size_arg, *options),
+        lambda mask: getattr(ops, f"{op}_backward")(grad_output, x, coords, *options, mask))

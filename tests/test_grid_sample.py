@@ -3,7 +3,6 @@ stn_ext.affine_grid_sample where it goes beyond the fused op (5-D input, bicubic
 values, gradients (gradcheck in float64), fill values, layouts, non-finite points, determinism,
 registration and bad input. Every implementation of the general ops runs the same bodies
 (the general_backend fixture of conftest.py)."""
-import contextlib
 import itertools
 import warnings
 
@@ -14,9 +13,8 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 import stn_ext
-from stn_ext.testing import cuda_emulation
-from _reference import (DTYPES, assert_close, compute_dtype, deterministic_mode, max_abs,
-                        random_input, seed_of)
+from _reference import (DTYPES, assert_bitwise_identical, assert_close, compute_dtype, max_abs,
+                        random_input, repeated_runs, seed_of)
 
 DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
 PADDINGS = ("zeros", "border", "reflection")
@@ -322,19 +320,10 @@ def test_repeated_backward_is_bitwise_identical(backend, dims):
     x, grid, go = make(shape, size, dims, torch.float32, seed_of("repeat", dims), backend.device)
     with torch.no_grad():
         grid.mul_(0.4)
-    deterministic = contextlib.nullcontext() if backend.name == "cpu" else deterministic_mode()
-    runs = []
-    with deterministic:
-        for block_order_seed in range(3):
-            order = (cuda_emulation.device_limits(block_order_seed=block_order_seed)
-                     if backend.emulated else contextlib.nullcontext())
-            with order:
-                runs.append(grads(lambda x, g: backend.grid_sample(x, g, "bicubic" if dims == 2
-                                                                   else "bilinear"), x, grid, go))
-    for again in runs[1:]:
-        for a, b in zip(runs[0], again):
-            assert torch.equal(a, b)
     mode = "bicubic" if dims == 2 else "bilinear"
+    runs = repeated_runs(
+        backend, lambda: grads(lambda x, g: backend.grid_sample(x, g, mode), x, grid, go), 3)
+    assert_bitwise_identical(runs)
     _, rgx, rgg = grads(lambda x, g: reference(x, g, mode=mode, padding_mode="zeros",
                                                align_corners=False), x, grid, go)
     assert_close(runs[0][1], rgx, torch.float32, "grad input", scale=max_abs(rgx))

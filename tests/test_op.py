@@ -1,6 +1,5 @@
 """stn_ext.affine_grid_sample against PyTorch's F.affine_grid + F.grid_sample: forward values,
 gradients, layouts, dtypes, extreme thetas and determinism, on every backend that runs here."""
-import contextlib
 import math
 
 import pytest
@@ -8,11 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stn_ext.testing import cuda_emulation
-from _reference import (SHAPES, CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_close,
-                        assert_same_run, expected_memory_format, grads, make_case, max_abs, out_hw,
-                        deterministic_mode, pixel_coords, random_input, random_theta, reference,
-                        run, seed_of)
+from _reference import (SHAPES, CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_bitwise_identical,
+                        assert_close, assert_same_run, expected_memory_format, grads, make_case,
+                        max_abs, out_hw, deterministic_mode, pixel_coords, random_input,
+                        random_theta, reference, repeated_runs, run, seed_of)
 
 DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
 
@@ -563,17 +561,8 @@ def test_repeated_backward_is_bitwise_identical(backend, shape, size):
     x, theta = make_case(backend, shape, size, config, torch.float32, seed_of("det", shape),
                          margin=0.0)  # the op is compared with itself: kinks do not matter
     grad_output = torch.randn(*shape[:2], *size, device=backend.device)
-    deterministic = contextlib.nullcontext() if backend.name == "cpu" else deterministic_mode()
-    runs = []
-    with deterministic:
-        for block_order_seed in range(4):
-            order = (cuda_emulation.device_limits(block_order_seed=block_order_seed)
-                     if backend.emulated else contextlib.nullcontext())
-            with order:
-                runs.append(_forward_backward(backend, x, theta, size, config, grad_output))
-    for again in runs[1:]:
-        for a, b in zip(runs[0], again):
-            assert torch.equal(a, b)
+    assert_bitwise_identical(repeated_runs(
+        backend, lambda: _forward_backward(backend, x, theta, size, config, grad_output), 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
