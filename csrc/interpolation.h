@@ -19,7 +19,7 @@ namespace stn_ext {
 template <typename T, int kTaps, typename Index = int64_t>
 struct AxisTaps {
   Index index[kTaps];
-  bool inside[kTaps];
+  int32_t inside[kTaps];  // 0 or 1: an int, not a bool, so that CPU loops over points vectorise
   T weight[kTaps];
   T d_weight[kTaps];  // d(weight) / d(coordinate), in pixels
 };
@@ -81,7 +81,7 @@ struct NearestPolicy {
   C10_HOST_DEVICE static AxisTaps<T, 1, Index> taps(T coord, int64_t size, const SampleConfig&) {
     AxisTaps<T, 1, Index> a;
     a.index[0] = nearest_index<Index>(coord);
-    a.inside[0] = (a.index[0] >= 0) & (a.index[0] < size);  // &, not &&: no branch
+    a.inside[0] = (a.index[0] >= 0) & (a.index[0] < Index(size));  // &, not &&: no branch
     a.weight[0] = T(1);
     a.d_weight[0] = T(0);
     return a;
@@ -104,7 +104,8 @@ struct LinearPolicy {
     a.weight[1] = coord - f0;
     a.d_weight[0] = T(-1);
     a.d_weight[1] = T(1);
-    for (int k = 0; k < 2; ++k) a.inside[k] = (a.index[k] >= 0) & (a.index[k] < size);
+    // Compared as Index (the caller's size fits): 32-bit compares where the CPU asks for them.
+    for (int k = 0; k < 2; ++k) a.inside[k] = (a.index[k] >= 0) & (a.index[k] < Index(size));
     return a;
   }
 };

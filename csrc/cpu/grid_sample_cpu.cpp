@@ -207,7 +207,7 @@ struct RowStencil {
 
   explicit RowStencil(int64_t width)
       : width(width), coord(kDim * width), d_coord(kDim * width), status(width),
-        axis_index(kDim * kAxisTaps * width), axis_inside(kDim * kAxisTaps * width),
+        axis_index(kDim * kAxisTaps * width), axis_offset(kDim * kAxisTaps * width), axis_inside(kDim * kAxisTaps * width),
         axis_weight(kDim * kAxisTaps * width), axis_d_weight(kDim * kAxisTaps * width),
         offset(kTaps * width), weight(kTaps * width), mask(width) {}
 
@@ -258,7 +258,7 @@ struct RowStencil {
       }
     }
     int32_t* __restrict index = axis_index.data();
-    int8_t* __restrict inside = axis_inside.data();
+    int32_t* __restrict inside = axis_inside.data();
     T* __restrict axis_w = axis_weight.data();
     T* __restrict axis_dw = axis_d_weight.data();
     for (int a = 0; a < kDim; ++a) {
@@ -267,10 +267,14 @@ struct RowStencil {
       // so the tap loops need no special case; status keeps what it is.
       for (int64_t w = 0; w < width; ++w) c[w] = st[w] != kHasTaps ? T(-kAxisTaps - 2) : c[w];
       const int64_t size = in.size[a];
+      const int64_t first = a * kAxisTaps * width;
+      // The taps' arrays are disjoint; omp simd says so (too many arrays for the compiler's
+      // own alias checks, which would leave the loop scalar).
+#pragma omp simd
       for (int64_t w = 0; w < width; ++w) {
         const AxisTaps<T, kAxisTaps, int32_t> t = Policy::template taps<int32_t>(c[w], size, cfg);
         for (int k = 0; k < kAxisTaps; ++k) {
-          const int64_t i = (a * kAxisTaps + k) * width + w;
+          const int64_t i = first + k * width + w;
           index[i] = t.inside[k] ? t.index[k] : 0;
           inside[i] = t.inside[k];
           axis_w[i] = t.weight[k];
@@ -287,12 +291,12 @@ struct RowStencil {
       T* __restrict wk = tap_weight + k * width;
       // Weights multiplied x, y, z in turn, as ATen's corner weights.
       const T* __restrict wx = axis_w + t[0] * width;
-      const int8_t* __restrict in_x = inside + t[0] * width;
+      const int32_t* __restrict in_x = inside + t[0] * width;
       for (int64_t w = 0; w < width; ++w) wk[w] = wx[w];
       for (int64_t w = 0; w < width; ++w) m[w] |= int32_t(in_x[w] & (st[w] == kHasTaps)) << k;
       for (int a = 1; a < kDim; ++a) {
         const T* __restrict aw = axis_w + (a * kAxisTaps + t[a]) * width;
-        const int8_t* __restrict ai = inside + (a * kAxisTaps + t[a]) * width;
+        const int32_t* __restrict ai = inside + (a * kAxisTaps + t[a]) * width;
         for (int64_t w = 0; w < width; ++w) {
           wk[w] *= aw[w];
           m[w] &= ~(int32_t(!ai[w]) << k);
@@ -312,17 +316,30 @@ struct RowStencil {
   }
 
   // Offsets of every tap in planes of strides g (input and grad_input may differ): out[k][w].
-  void flatten(const Spatial<kDim>& g, int64_t* out) const {
+  // Each axis tap's share (index times stride) is computed once, then summed per tap.
+  void flatten(const Spatial<kDim>& g, int64_t* __restrict out) {
     const int64_t width = this->width;
     const int32_t* __restrict index = axis_index.data();
+    int64_t* __restrict share = axis_offset.data();
+    for (int a = 0; a < kDim; ++a) {
+      const int64_t stride = g.stride[a], begin = a * kAxisTaps * width, end = begin + kAxisTaps * width;
+      if (stride >= 0 && stride <= std::numeric_limits<int32_t>::max() / std::max<int64_t>(g.size[a], 1)) {
+        // Every index * stride fits in 32 bits (index < size): a 32-bit multiply, which CPUs
+        // vectorise natively (64-bit ones are emulated).
+        const int32_t stride32 = static_cast<int32_t>(stride);
+        for (int64_t i = begin; i < end; ++i) share[i] = int64_t(index[i] * stride32);
+      } else {
+        for (int64_t i = begin; i < end; ++i) share[i] = int64_t(index[i]) * stride;
+      }
+    }
     for (int k = 0; k < kTaps; ++k) {
       const std::array<int, kDim> t = tap_axes(k);
       int64_t* __restrict o = out + k * width;
-      for (int64_t w = 0; w < width; ++w) o[w] = 0;
-      for (int a = 0; a < kDim; ++a) {
-        const int32_t* __restrict idx = index + (a * kAxisTaps + t[a]) * width;
-        const int64_t stride = g.stride[a];
-        for (int64_t w = 0; w < width; ++w) o[w] += int64_t(idx[w]) * stride;
+      const int64_t* __restrict x_share = share + t[0] * width;
+      for (int64_t w = 0; w < width; ++w) o[w] = x_share[w];
+      for (int a = 1; a < kDim; ++a) {
+        const int64_t* __restrict a_share = share + (a * kAxisTaps + t[a]) * width;
+        for (int64_t w = 0; w < width; ++w) o[w] += a_share[w];
       }
     }
   }
@@ -349,7 +366,8 @@ struct RowStencil {
   std::vector<T> coord, d_coord;  // [a][w]: coordinates (normalised, then pixels) and d(pixel)/d(normalised)
   std::vector<int8_t> status;     // PointStatus
   std::vector<int32_t> axis_index;  // [a][k][w]
-  std::vector<int8_t> axis_inside;
+  std::vector<int64_t> axis_offset;  // [a][k][w]: axis_index times a stride (flatten's scratch)
+  std::vector<int32_t> axis_inside;
   std::vector<T> axis_weight, axis_d_weight;
   std::vector<int64_t> offset;  // [k][w], in input planes
   std::vector<T> weight;        // [k][w]
@@ -498,25 +516,42 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                 d_w[k][a] = coordinate_work ? d_weight[(k * kDim + a) * width + w] : T(0);
               }
             }
+            // d(loss)/d(pixel coordinate a) = sum over taps k of d_w[k][a] * tap_sum[k], where
+            // tap_sum[k] = sum over channels of g times tap k's value: kTaps independent sums
+            // over the channels, then a short one per axis (one chain of kTaps * channels
+            // multiply-adds per axis would wait on each add's latency).
+            T tap_sum[Row::kTaps] = {};
             const scalar_t* g_ptr = g_row + w * gout.stride[0];
             for (int64_t c = 0; c < channels; ++c) {
               const T g = T(g_ptr[c * gout.c_stride]);
               if (gin_image != nullptr) {
                 grad_in_t* plane = gin_image + c * gin.c_stride;
-                for (int k = 0; k < Row::kTaps; ++k) {
-                  if ((mask >> k) & 1) plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
+                if (mask == Row::kAllInside) {  // the common case: no tap in the padding
+                  for (int k = 0; k < Row::kTaps; ++k) {
+                    plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
+                  }
+                } else {
+                  for (int k = 0; k < Row::kTaps; ++k) {
+                    if ((mask >> k) & 1) plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
+                  }
                 }
               }
               if (coordinate_work) {
                 const scalar_t* plane = in_image + c * in.c_stride;
+                const T outside_value = has_fill ? fill[c] : T(0);
                 for (int k = 0; k < Row::kTaps; ++k) {
                   const bool inside = (mask >> k) & 1;
-                  // Without a fill, taps outside read zero and add nothing, even where g is not
-                  // finite (as ATen, which skips them).
-                  if (!inside && !has_fill) continue;
-                  const T gv = g * (inside ? T(plane[in_offset[k]]) : fill[c]);
-                  for (int a = 0; a < kDim; ++a) g_pixel[a] += gv * d_w[k][a];
+                  // (A tap outside has offset 0: the load is valid, its value unused.) Without a
+                  // fill, taps outside read zero and add nothing, even where g is not finite
+                  // (as ATen, which skips them).
+                  const T value = inside ? T(plane[in_offset[k]]) : outside_value;
+                  tap_sum[k] += inside || has_fill ? g * value : T(0);
                 }
+              }
+            }
+            if (coordinate_work) {
+              for (int k = 0; k < Row::kTaps; ++k) {
+                for (int a = 0; a < kDim; ++a) g_pixel[a] += d_w[k][a] * tap_sum[k];
               }
             }
             for (int a = 0; a < kDim; ++a) g_pixel[a] *= row.d_coord[a * width + w];
