@@ -232,6 +232,8 @@ struct RowStencil {
     }
   }
 
+  // Few loops, each over the whole row: a row costs about a loop's overhead per loop, so the
+  // per-axis work is done in one loop per axis and the per-tap work in one loop per tap.
   template <Padding kPadding>
   void resolve(const Spatial<kDim>& in, bool align_corners) {
     const SampleConfig cfg{Policy::kMode, kPadding, align_corners};
@@ -240,21 +242,17 @@ struct RowStencil {
     const int64_t width = this->width;
     T* __restrict coords = coord.data();
     T* __restrict d_coords = d_coord.data();
-    int8_t* __restrict st = status.data();
+    int32_t* __restrict st = status.data();
+    // Pixel coordinates, and each point's status: the worst of its axes'.
     for (int a = 0; a < kDim; ++a) {
       T* __restrict c = coords + a * width;
       T* __restrict d = d_coords + a * width;
       const int64_t size = in.size[a];
       for (int64_t w = 0; w < width; ++w) {
-        c[w] = axis_coordinate<Policy::kCoordinate>(c[w], size, cfg, &d[w]);
-      }
-    }
-    for (int64_t w = 0; w < width; ++w) st[w] = 0;
-    for (int a = 0; a < kDim; ++a) {
-      const T* __restrict c = coords + a * width;
-      const int64_t size = in.size[a];
-      for (int64_t w = 0; w < width; ++w) {
-        st[w] = std::max(st[w], axis_status<kAxisTaps>(c[w], size, kPadding));  // the worst axis
+        const T pixel = axis_coordinate<Policy::kCoordinate>(c[w], size, cfg, &d[w]);
+        c[w] = pixel;
+        const int32_t axis = axis_status<kAxisTaps>(pixel, size, kPadding);
+        st[w] = a == 0 ? axis : std::max(st[w], axis);
       }
     }
     int32_t* __restrict index = axis_index.data();
@@ -262,17 +260,17 @@ struct RowStencil {
     T* __restrict axis_w = axis_weight.data();
     T* __restrict axis_dw = axis_d_weight.data();
     for (int a = 0; a < kDim; ++a) {
-      T* __restrict c = coords + a * width;
-      // A point without taps moves where its taps are harmless (outside, or clipped inside),
-      // so the tap loops need no special case; status keeps what it is.
-      for (int64_t w = 0; w < width; ++w) c[w] = st[w] != kHasTaps ? T(-kAxisTaps - 2) : c[w];
+      const T* __restrict c = coords + a * width;
       const int64_t size = in.size[a];
       const int64_t first = a * kAxisTaps * width;
       // The taps' arrays are disjoint; omp simd says so (too many arrays for the compiler's
       // own alias checks, which would leave the loop scalar).
 #pragma omp simd
       for (int64_t w = 0; w < width; ++w) {
-        const AxisTaps<T, kAxisTaps, int32_t> t = Policy::template taps<int32_t>(c[w], size, cfg);
+        // A point without taps takes its taps where they are harmless (outside, or clipped
+        // inside), so the tap loops need no special case; status keeps what it is.
+        const T pixel = st[w] != kHasTaps ? T(-kAxisTaps - 2) : c[w];
+        const AxisTaps<T, kAxisTaps, int32_t> t = Policy::template taps<int32_t>(pixel, size, cfg);
         for (int k = 0; k < kAxisTaps; ++k) {
           const int64_t i = first + k * width + w;
           index[i] = t.inside[k] ? t.index[k] : 0;
@@ -283,24 +281,29 @@ struct RowStencil {
       }
     }
     flatten(in, offset.data());
+    // Each tap's weight (the product of its axis weights, x, y, z in turn, as ATen's corner
+    // weights) and mask bit.
     T* __restrict tap_weight = weight.data();
     int32_t* __restrict m = mask.data();
-    for (int64_t w = 0; w < width; ++w) m[w] = 0;
     for (int k = 0; k < kTaps; ++k) {
       const std::array<int, kDim> t = tap_axes(k);
+      const T* aw[kDim];
+      const int32_t* ai[kDim];
+      for (int a = 0; a < kDim; ++a) {
+        aw[a] = axis_w + (a * kAxisTaps + t[a]) * width;
+        ai[a] = inside + (a * kAxisTaps + t[a]) * width;
+      }
       T* __restrict wk = tap_weight + k * width;
-      // Weights multiplied x, y, z in turn, as ATen's corner weights.
-      const T* __restrict wx = axis_w + t[0] * width;
-      const int32_t* __restrict in_x = inside + t[0] * width;
-      for (int64_t w = 0; w < width; ++w) wk[w] = wx[w];
-      for (int64_t w = 0; w < width; ++w) m[w] |= int32_t(in_x[w] & (st[w] == kHasTaps)) << k;
-      for (int a = 1; a < kDim; ++a) {
-        const T* __restrict aw = axis_w + (a * kAxisTaps + t[a]) * width;
-        const int32_t* __restrict ai = inside + (a * kAxisTaps + t[a]) * width;
-        for (int64_t w = 0; w < width; ++w) {
-          wk[w] *= aw[w];
-          m[w] &= ~(int32_t(!ai[w]) << k);
+#pragma omp simd
+      for (int64_t w = 0; w < width; ++w) {
+        T product = aw[0][w];
+        int32_t tap_inside = ai[0][w] & int32_t(st[w] == kHasTaps);
+        for (int a = 1; a < kDim; ++a) {
+          product *= aw[a][w];
+          tap_inside &= ai[a][w];
         }
+        wk[w] = product;
+        m[w] = (k == 0 ? 0 : m[w]) | tap_inside << k;
       }
     }
   }
@@ -334,29 +337,37 @@ struct RowStencil {
     }
     for (int k = 0; k < kTaps; ++k) {
       const std::array<int, kDim> t = tap_axes(k);
+      const int64_t* axis_share[kDim];
+      for (int a = 0; a < kDim; ++a) axis_share[a] = share + (a * kAxisTaps + t[a]) * width;
       int64_t* __restrict o = out + k * width;
-      const int64_t* __restrict x_share = share + t[0] * width;
-      for (int64_t w = 0; w < width; ++w) o[w] = x_share[w];
-      for (int a = 1; a < kDim; ++a) {
-        const int64_t* __restrict a_share = share + (a * kAxisTaps + t[a]) * width;
-        for (int64_t w = 0; w < width; ++w) o[w] += a_share[w];
+#pragma omp simd
+      for (int64_t w = 0; w < width; ++w) {
+        int64_t sum = axis_share[0][w];
+        for (int a = 1; a < kDim; ++a) sum += axis_share[a][w];
+        o[w] = sum;
       }
     }
   }
 
-  // d(weight of tap k) / d(pixel coordinate of axis a) of every point: out[(k * kDim + a)][w].
-  void weight_derivatives(T* out) const {
+  // d(weight of tap k) / d(pixel coordinate of axis a) of every point: out[(k * kDim + a)][w],
+  // the product over the axes b of tap k's weight on b, with its derivative on a.
+  void weight_derivatives(T* __restrict out) const {
     const int64_t width = this->width;
-    const T* __restrict axis_w = axis_weight.data();
-    const T* __restrict axis_dw = axis_d_weight.data();
     for (int k = 0; k < kTaps; ++k) {
       const std::array<int, kDim> t = tap_axes(k);
-      for (int a = 0; a < kDim; ++a) {
-        T* __restrict o = out + (k * kDim + a) * width;
-        for (int64_t w = 0; w < width; ++w) o[w] = T(1);
-        for (int b = 0; b < kDim; ++b) {
-          const T* __restrict f = (b == a ? axis_dw : axis_w) + (b * kAxisTaps + t[b]) * width;
-          for (int64_t w = 0; w < width; ++w) o[w] *= f[w];
+      const T* aw[kDim];
+      const T* adw[kDim];
+      for (int b = 0; b < kDim; ++b) {
+        aw[b] = axis_weight.data() + (b * kAxisTaps + t[b]) * width;
+        adw[b] = axis_d_weight.data() + (b * kAxisTaps + t[b]) * width;
+      }
+      T* __restrict o = out + k * kDim * width;
+#pragma omp simd
+      for (int64_t w = 0; w < width; ++w) {
+        for (int a = 0; a < kDim; ++a) {
+          T product = a == 0 ? adw[0][w] : aw[0][w];
+          for (int b = 1; b < kDim; ++b) product *= b == a ? adw[b][w] : aw[b][w];
+          o[a * width + w] = product;
         }
       }
     }
@@ -364,7 +375,7 @@ struct RowStencil {
 
   int64_t width;
   std::vector<T> coord, d_coord;  // [a][w]: coordinates (normalised, then pixels) and d(pixel)/d(normalised)
-  std::vector<int8_t> status;     // PointStatus
+  std::vector<int32_t> status;    // PointStatus
   std::vector<int32_t> axis_index;  // [a][k][w]
   std::vector<int64_t> axis_offset;  // [a][k][w]: axis_index times a stride (flatten's scratch)
   std::vector<int32_t> axis_inside;
@@ -409,7 +420,7 @@ void forward_kernel(const at::Tensor& input, const Source& source,
       scalar_t* out_row = out_ptr + n * out.n_stride + out.offset(pos);
       for (int64_t w = 0; w < width; ++w) {
         scalar_t* o = out_row + w * out.stride[0];
-        const int8_t status = row.status[w];
+        const int32_t status = row.status[w];
         if (status != kHasTaps) {
           for (int64_t c = 0; c < channels; ++c) {
             o[c * out.c_stride] = static_cast<scalar_t>(
@@ -497,7 +508,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
         const scalar_t* in_image = in_ptr + n * in.n_stride;
         grad_in_t* gin_image = grad_in_ptr != nullptr ? grad_in_ptr + n * gin.n_stride : nullptr;
         for (int64_t w = 0; w < width; ++w) {
-          const int8_t status = row.status[w];
+          const int32_t status = row.status[w];
           T g_pixel[kDim] = {};
           if (status == kUndefined && coordinate_work) {
             for (int a = 0; a < kDim; ++a) g_pixel[a] = std::numeric_limits<T>::quiet_NaN();
