@@ -6,7 +6,10 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
+#include <torch/library.h>
 
+#include <array>
+#include <tuple>
 #include <vector>
 
 #include "sampling_math.h"
@@ -66,5 +69,66 @@ std::vector<int64_t> spatial_size_of(const at::Tensor& t);
 // grad_output must be (N, C, *out_size) of the input's N, C, dtype and device.
 void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input,
                        at::IntArrayRef out_size);
+
+// The general ops' four kernels of one backend (CPU, CUDA), from what the backend implements;
+// the option parsing and the checks, the same everywhere, are written here once. Backend is a
+// tag type whose namespace declares (found by argument-dependent lookup):
+//   at::Tensor sample(Backend, input, out_size, cfg, fill_value, make_source);
+//   std::tuple<at::Tensor, at::Tensor> sample_backward(Backend, grad_output, input,
+//       coordinates, cfg, fill_value, output_mask, per_image, make_source);
+//   dense_grid_source(Backend, grid), affine_map_source(Backend, theta, align_corners): the
+//       make_source of each op (make_source(dim, scalar, output geometry) -> its source).
+template <typename Backend>
+struct GeneralOps {
+  static at::Tensor grid_sample(const at::Tensor& input, const at::Tensor& grid,
+                                c10::string_view mode, c10::string_view padding_mode,
+                                bool align_corners, const c10::optional<at::Tensor>& fill_value) {
+    const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
+    check_grid_sample_args(input, grid, cfg, fill_value);
+    return sample(Backend{}, input, grid_points_size(grid), cfg, fill_value,
+                  dense_grid_source(Backend{}, grid));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> grid_sample_backward(
+      const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& grid,
+      c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+      const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
+    const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
+    check_grid_sample_args(input, grid, cfg, fill_value);
+    check_grad_output(grad_output, input, grid_points_size(grid));
+    return sample_backward(Backend{}, grad_output, input, grid, cfg, fill_value, output_mask,
+                           /*per_image=*/false, dense_grid_source(Backend{}, grid));
+  }
+
+  static at::Tensor affine_sample(const at::Tensor& input, const at::Tensor& theta,
+                                  at::IntArrayRef out_size, c10::string_view mode,
+                                  c10::string_view padding_mode, bool align_corners,
+                                  const c10::optional<at::Tensor>& fill_value) {
+    const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
+    check_affine_sample_args(input, theta, out_size, cfg, fill_value);
+    return sample(Backend{}, input, out_size, cfg, fill_value,
+                  affine_map_source(Backend{}, theta, align_corners));
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> affine_sample_backward(
+      const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
+      c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+      const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
+    const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
+    const std::vector<int64_t> size = spatial_size_of(grad_output);
+    check_affine_sample_args(input, theta, size, cfg, fill_value);
+    check_grad_output(grad_output, input, size);
+    return sample_backward(Backend{}, grad_output, input, theta, cfg, fill_value, output_mask,
+                           /*per_image=*/true, affine_map_source(Backend{}, theta, align_corners));
+  }
+
+  // Registers the four with a library's dispatch key (m: TORCH_LIBRARY_IMPL's).
+  static void register_kernels(torch::Library& m) {
+    m.impl("grid_sample", &grid_sample);
+    m.impl("grid_sample_backward", &grid_sample_backward);
+    m.impl("affine_sample", &affine_sample);
+    m.impl("affine_sample_backward", &affine_sample_backward);
+  }
+};
 
 }  // namespace stn_ext

@@ -179,14 +179,6 @@ def _autocast(input, coords):
     return input, coords
 
 
-def _checked_affine(input, theta, size, mode, padding_mode, align_corners, fill_value):
-    input, theta = _autocast(input, theta)
-    _check_input(input)
-    _check_theta(input, theta)
-    _check_options(input, mode, padding_mode, align_corners)
-    return input, theta, _output_size(input, size), _fill_tensor(fill_value, input, padding_mode)
-
-
 def checked_grid_arguments(input, grid, mode, padding_mode, align_corners, fill_value):
     """(input, grid, fill) as the general op stn_ext::grid_sample takes them, after autocast;
     raises a clear error for bad arguments before any kernel runs."""
@@ -200,15 +192,19 @@ def checked_grid_arguments(input, grid, mode, padding_mode, align_corners, fill_
 def checked_affine_arguments(input, theta, size, mode, padding_mode, align_corners, fill_value):
     """(input, theta, out_size, fill) as the general op stn_ext::affine_sample takes them, after
     autocast; raises a clear error for bad arguments before any kernel runs."""
-    return _checked_affine(input, theta, size, mode, padding_mode, align_corners, fill_value)
+    input, theta = _autocast(input, theta)
+    _check_input(input)
+    _check_theta(input, theta)
+    _check_options(input, mode, padding_mode, align_corners)
+    return input, theta, _output_size(input, size), _fill_tensor(fill_value, input, padding_mode)
 
 
 def checked_arguments(input, theta, size, mode, padding_mode,
                       align_corners) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
     """(input, theta, out_h, out_w) as every backend's fused op (stn_ext::affine_grid_sample)
     takes them, after autocast; raises a clear error for bad arguments before any kernel runs."""
-    input, theta, out_size, _ = _checked_affine(input, theta, size, mode, padding_mode,
-                                                align_corners, None)
+    input, theta, out_size, _ = checked_affine_arguments(input, theta, size, mode, padding_mode,
+                                                         align_corners, None)
     if not _is_fused(input, mode, None):
         raise NotImplementedError(f"the fused affine_grid_sample op takes 4-D input and mode "
                                   f"'bilinear' or 'nearest', got {input.dim()}-D input and "
@@ -333,8 +329,8 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor,
             or "torch" (PyTorch's own two ops, for reference). 4-D bilinear/nearest sampling
             without a fill runs on all of them; the rest on all but "triton" so far.
     """
-    input, theta, out_size, fill = _checked_affine(input, theta, size, mode, padding_mode,
-                                                   align_corners, fill_value)
+    input, theta, out_size, fill = checked_affine_arguments(input, theta, size, mode,
+                                                            padding_mode, align_corners, fill_value)
     _checked_backend(backend)
     if _is_fused(input, mode, fill):
         backend = _resolve_backend(backend, input.device)

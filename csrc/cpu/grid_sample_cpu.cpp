@@ -598,9 +598,13 @@ void check_axis_sizes(const at::Tensor& input) {
   }
 }
 
+// The CPU backend of GeneralOps (grid_sample.h): sample, sample_backward and the two
+// coordinate-source factories below take it as their first argument.
+struct Cpu {};
+
 template <typename MakeSource>
-at::Tensor sample_cpu(const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
-                      const c10::optional<at::Tensor>& fill, MakeSource make_source) {
+at::Tensor sample(Cpu, const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
+                  const c10::optional<at::Tensor>& fill, MakeSource make_source) {
   check_axis_sizes(input);
   at::Tensor output = new_sampled_output(input, out_size);
   if (output.numel() == 0) return output;
@@ -620,8 +624,8 @@ at::Tensor sample_cpu(const at::Tensor& input, at::IntArrayRef out_size, const S
 // The backward pass of either op: grad_input (if output_mask[0]) and the coordinate source's
 // gradient (if output_mask[1]), shaped as `coordinates` (the grid or theta).
 template <typename MakeSource>
-std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& coordinates,
+std::tuple<at::Tensor, at::Tensor> sample_backward(
+    Cpu, const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& coordinates,
     const SampleConfig& cfg, const c10::optional<at::Tensor>& fill,
     std::array<bool, 2> output_mask, bool per_image, MakeSource make_source) {
   check_axis_sizes(input);
@@ -663,66 +667,21 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cpu(
 }
 
 // The dense-grid source of grid_sample; contiguous so that grad_grid can be written per point.
-auto dense_grid_source(const at::Tensor& grid) {
+auto dense_grid_source(Cpu, const at::Tensor& grid) {
   return [&grid](auto dim, auto scalar, const auto&) {
     return DenseGrid<decltype(dim)::value, at::opmath_type<decltype(scalar)>, decltype(scalar)>(grid);
   };
 }
 
-auto affine_map_source(const at::Tensor& theta, bool align_corners) {
+auto affine_map_source(Cpu, const at::Tensor& theta, bool align_corners) {
   return [&theta, align_corners](auto dim, auto scalar, const auto& out) {
     return AffineMap<decltype(dim)::value, at::opmath_type<decltype(scalar)>, decltype(scalar)>(
         theta, out, align_corners);
   };
 }
 
-at::Tensor grid_sample_cpu(const at::Tensor& input, const at::Tensor& grid, c10::string_view mode,
-                           c10::string_view padding_mode, bool align_corners,
-                           const c10::optional<at::Tensor>& fill_value) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  check_grid_sample_args(input, grid, cfg, fill_value);
-  return sample_cpu(input, grid_points_size(grid), cfg, fill_value, dense_grid_source(grid));
-}
-
-std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& grid,
-    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-    const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  check_grid_sample_args(input, grid, cfg, fill_value);
-  check_grad_output(grad_output, input, grid_points_size(grid));
-  return sample_backward_cpu(grad_output, input, grid, cfg, fill_value, output_mask,
-                             /*per_image=*/false, dense_grid_source(grid));
-}
-
-at::Tensor affine_sample_cpu(const at::Tensor& input, const at::Tensor& theta,
-                             at::IntArrayRef out_size, c10::string_view mode,
-                             c10::string_view padding_mode, bool align_corners,
-                             const c10::optional<at::Tensor>& fill_value) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  check_affine_sample_args(input, theta, out_size, cfg, fill_value);
-  return sample_cpu(input, out_size, cfg, fill_value, affine_map_source(theta, align_corners));
-}
-
-std::tuple<at::Tensor, at::Tensor> affine_sample_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
-    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-    const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  const std::vector<int64_t> size = spatial_size_of(grad_output);
-  check_affine_sample_args(input, theta, size, cfg, fill_value);
-  check_grad_output(grad_output, input, size);
-  return sample_backward_cpu(grad_output, input, theta, cfg, fill_value, output_mask,
-                             /*per_image=*/true, affine_map_source(theta, align_corners));
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(stn_ext, CPU, m) {
-  m.impl("grid_sample", &grid_sample_cpu);
-  m.impl("grid_sample_backward", &grid_sample_backward_cpu);
-  m.impl("affine_sample", &affine_sample_cpu);
-  m.impl("affine_sample_backward", &affine_sample_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(stn_ext, CPU, m) { GeneralOps<Cpu>::register_kernels(m); }
 
 }  // namespace stn_ext

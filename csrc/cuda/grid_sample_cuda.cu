@@ -384,10 +384,14 @@ const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
+// The CUDA backend of GeneralOps (grid_sample.h): sample, sample_backward and the two
+// coordinate-source factories below take it as their first argument.
+struct Cuda {};
+
 // make_source(dim, scalar, output geometry) -> the op's coordinate source.
 template <typename MakeSource>
-at::Tensor sample_cuda(const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
-                       const c10::optional<at::Tensor>& fill, MakeSource make_source) {
+at::Tensor sample(Cuda, const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
+                  const c10::optional<at::Tensor>& fill, MakeSource make_source) {
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor output = new_sampled_output(input, out_size);
   if (output.numel() == 0) return output;
@@ -412,8 +416,8 @@ at::Tensor sample_cuda(const at::Tensor& input, at::IntArrayRef out_size, const 
 // The backward pass of either op: grad_input (if output_mask[0]) and the coordinate source's
 // gradient (if output_mask[1]), shaped as `coordinates` (the grid, or theta if per_image).
 template <typename MakeSource>
-std::tuple<at::Tensor, at::Tensor> sample_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& coordinates,
+std::tuple<at::Tensor, at::Tensor> sample_backward(
+    Cuda, const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& coordinates,
     const SampleConfig& cfg, const c10::optional<at::Tensor>& fill,
     std::array<bool, 2> output_mask, bool per_image, MakeSource make_source) {
   const c10::cuda::CUDAGuard guard(input.device());
@@ -497,67 +501,22 @@ std::tuple<at::Tensor, at::Tensor> sample_backward_cuda(
 }
 
 // The dense-grid source of grid_sample.
-auto dense_grid_source(const at::Tensor& grid) {
+auto dense_grid_source(Cuda, const at::Tensor& grid) {
   return [&grid](auto dim, auto scalar, const auto&) {
     return DenseGridSource<decltype(dim)::value, decltype(scalar)>::of(grid);
   };
 }
 
-auto affine_map_source(const at::Tensor& theta, bool align_corners) {
+auto affine_map_source(Cuda, const at::Tensor& theta, bool align_corners) {
   return [&theta, align_corners](auto dim, auto scalar, const auto& out) {
     return AffineMapSource<decltype(dim)::value, decltype(scalar)>::of(theta, out, align_corners);
   };
 }
 
-at::Tensor grid_sample_cuda(const at::Tensor& input, const at::Tensor& grid, c10::string_view mode,
-                            c10::string_view padding_mode, bool align_corners,
-                            const c10::optional<at::Tensor>& fill_value) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  check_grid_sample_args(input, grid, cfg, fill_value);
-  return sample_cuda(input, grid_points_size(grid), cfg, fill_value, dense_grid_source(grid));
-}
-
-std::tuple<at::Tensor, at::Tensor> grid_sample_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& grid,
-    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-    const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  check_grid_sample_args(input, grid, cfg, fill_value);
-  check_grad_output(grad_output, input, grid_points_size(grid));
-  return sample_backward_cuda(grad_output, input, grid, cfg, fill_value, output_mask,
-                              /*per_image=*/false, dense_grid_source(grid));
-}
-
-at::Tensor affine_sample_cuda(const at::Tensor& input, const at::Tensor& theta,
-                              at::IntArrayRef out_size, c10::string_view mode,
-                              c10::string_view padding_mode, bool align_corners,
-                              const c10::optional<at::Tensor>& fill_value) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  check_affine_sample_args(input, theta, out_size, cfg, fill_value);
-  return sample_cuda(input, out_size, cfg, fill_value, affine_map_source(theta, align_corners));
-}
-
-std::tuple<at::Tensor, at::Tensor> affine_sample_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
-    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-    const c10::optional<at::Tensor>& fill_value, std::array<bool, 2> output_mask) {
-  const SampleConfig cfg = parse_general_config(mode, padding_mode, align_corners);
-  const std::vector<int64_t> size = spatial_size_of(grad_output);
-  check_affine_sample_args(input, theta, size, cfg, fill_value);
-  check_grad_output(grad_output, input, size);
-  return sample_backward_cuda(grad_output, input, theta, cfg, fill_value, output_mask,
-                              /*per_image=*/true, affine_map_source(theta, align_corners));
-}
-
 }  // namespace
 
 #ifndef STN_EXT_CUDA_EMULATION  // the emulation library registers these kernels as its own ops
-TORCH_LIBRARY_IMPL(stn_ext, CUDA, m) {
-  m.impl("grid_sample", &grid_sample_cuda);
-  m.impl("grid_sample_backward", &grid_sample_backward_cuda);
-  m.impl("affine_sample", &affine_sample_cuda);
-  m.impl("affine_sample_backward", &affine_sample_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(stn_ext, CUDA, m) { GeneralOps<Cuda>::register_kernels(m); }
 #endif
 
 }  // namespace stn_ext

@@ -5,11 +5,6 @@
 
 namespace stn_ext {
 
-TORCH_LIBRARY_IMPL(stn_ext_cuda_emulation, CPU, m) {
-  m.impl("grid_sample", &grid_sample_cuda);
-  m.impl("grid_sample_backward", &grid_sample_backward_cuda);
-  m.impl("affine_sample", &affine_sample_cuda);
-  m.impl("affine_sample_backward", &affine_sample_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(stn_ext_cuda_emulation, CPU, m) { GeneralOps<Cuda>::register_kernels(m); }
 
 }  // namespace stn_ext
