@@ -2,6 +2,7 @@
 #include "grid_sample.h"
 
 #include "affine_grid_sample.h"
+#include "cpu/huge_pages.h"
 
 #include <ATen/ATen.h>
 
@@ -114,7 +115,8 @@ void check_affine_sample_args(const at::Tensor& input, const at::Tensor& theta,
 at::Tensor new_sampled_output(const at::Tensor& input, at::IntArrayRef out_size) {
   std::vector<int64_t> sizes = {input.size(0), input.size(1)};
   sizes.insert(sizes.end(), out_size.begin(), out_size.end());
-  return at::empty(sizes, input.options().memory_format(output_memory_format(input)));
+  return with_huge_page_advice(
+      at::empty(sizes, input.options().memory_format(output_memory_format(input))));
 }
 
 std::vector<int64_t> grid_points_size(const at::Tensor& grid) {

@@ -1,11 +1,14 @@
 """stn_ext.affine_grid_sample against PyTorch's F.affine_grid + F.grid_sample: forward values,
 gradients, layouts, dtypes, extreme thetas and determinism, on every backend that runs here."""
 import math
+import os
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import stn_ext
 
 from _reference import (SHAPES, CONFIG_IDS, CONFIGS, DTYPES, Backend, assert_bitwise_identical,
                         assert_close, assert_same_run, expected_memory_format, grads, make_case,
@@ -580,6 +583,40 @@ def test_cpu_results_do_not_depend_on_thread_count(num_threads, shape, size, dty
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+def _advised_huge_pages(tensor):
+    """Whether the middle of `tensor`'s memory lies in a mapping advised MADV_HUGEPAGE ('hg' in
+    its VmFlags in /proc/self/smaps)."""
+    address = tensor.data_ptr() + tensor.untyped_storage().nbytes() // 2
+    holds = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+                low, high = (int(end, 16) for end in fields[0].split("-"))
+                holds = low <= address < high
+            elif holds and fields[0] == "VmFlags:":
+                return "hg" in fields[1:]
+    raise AssertionError(f"no mapping of /proc/self/smaps holds address {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
+                    reason="needs Linux with transparent huge pages")
+@pytest.mark.parametrize("op", ["affine_grid_sample", "grid_sample"])
+def test_large_cpu_buffers_are_advised_huge_pages(op):
+    """The CPU kernels' 4 MB outputs and input gradients are advised huge pages before they are
+    written (see csrc/cpu/huge_pages.h); the fused op and the general ones alike."""
+    x = torch.rand(1, 1, 1024, 1024, requires_grad=True)
+    theta = torch.tensor([[[0.9, -0.2, 0.1], [0.2, 0.9, 0.0]]])
+    if op == "affine_grid_sample":
+        out = stn_ext.affine_grid_sample(x, theta, backend="cpu")
+    else:
+        grid = torch.nn.functional.affine_grid(theta, [1, 1, 1024, 1024], align_corners=False)
+        out = stn_ext.grid_sample(x, grid, backend="cpu")
+    out.sum().backward()
+    assert _advised_huge_pages(out), "output"
+    assert _advised_huge_pages(x.grad), "grad_input"
 
 
 def test_deterministic_backward_matches_the_reference(backend):

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../affine_grid_sample.h"
+#include "huge_pages.h"
 
 namespace stn_ext {
 namespace {
@@ -34,11 +35,16 @@ struct Geometry {
 // The loops that resolve a row of sample points, one step each. Arrays are restrict
 // parameters: GCC vectorises loops over several arrays only when it knows they are disjoint.
 
-// Pixel coordinate along one axis, and its derivative, of the grid point grid_of(base_x[w]).
-template <SampleConfig cfg, typename T, typename GridOf>
+// Pixel coordinate along one axis of the grid point grid_of(base_x[w]), and its derivative if
+// kCoordGrad (the backward pass).
+template <SampleConfig cfg, bool kCoordGrad, typename T, typename GridOf>
 inline void source_coords(int64_t width, const T* __restrict base_x, GridOf grid_of, int64_t size,
                           T* __restrict coord, T* __restrict d_coord) {
-  for (int64_t w = 0; w < width; ++w) coord[w] = source_index(grid_of(base_x[w]), size, cfg, &d_coord[w]);
+  for (int64_t w = 0; w < width; ++w) {
+    T derivative;
+    coord[w] = source_index(grid_of(base_x[w]), size, cfg, &derivative);
+    if constexpr (kCoordGrad) d_coord[w] = derivative;
+  }
 }
 
 // A point far outside (or not finite) moves to (-2, -2), where every tap is outside: the tap
@@ -132,27 +138,29 @@ struct RowSamples {
 
   // Resolves the row of base y-coordinate base_y (x-coordinates base_x) under the affine map a,
   // for an input of geometry `in`; origin[w] is tap 0's offset in an input plane. check_undefined:
-  // may_be_undefined(a, in).
+  // may_be_undefined(a, in). kCoordGrad: also the coordinates' derivatives dix, diy.
   // (Inlined into the kernels, as the compiler chose before check_undefined existed.)
-  template <Interpolation kMode, Padding kPadding>
+  template <Interpolation kMode, Padding kPadding, bool kCoordGrad>
   C10_ALWAYS_INLINE void resolve(const Affine<T>& a, const T* base_x, T base_y,
                                  const Geometry& in, bool align_corners, bool check_undefined) {
     // align_corners as a constant too: a branch inside the loops would keep them scalar.
     if (align_corners) {
-      resolve<SampleConfig{kMode, kPadding, true}>(a, base_x, base_y, in, check_undefined);
+      resolve<SampleConfig{kMode, kPadding, true}, kCoordGrad>(a, base_x, base_y, in,
+                                                              check_undefined);
     } else {
-      resolve<SampleConfig{kMode, kPadding, false}>(a, base_x, base_y, in, check_undefined);
+      resolve<SampleConfig{kMode, kPadding, false}, kCoordGrad>(a, base_x, base_y, in,
+                                                               check_undefined);
     }
   }
 
-  template <SampleConfig cfg>
+  template <SampleConfig cfg, bool kCoordGrad>
   C10_ALWAYS_INLINE void resolve(const Affine<T>& a, const T* base_x, T base_y,
                                  const Geometry& in, bool check_undefined) {
     // source_point() split by axis and step into simple loops, which vectorise.
-    source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_x(bx, base_y); }, in.w,
-                       ix.data(), dix.data());
-    source_coords<cfg>(width, base_x, [&](T bx) { return a.grid_y(bx, base_y); }, in.h,
-                       iy.data(), diy.data());
+    source_coords<cfg, kCoordGrad>(width, base_x, [&](T bx) { return a.grid_x(bx, base_y); },
+                                   in.w, ix.data(), dix.data());
+    source_coords<cfg, kCoordGrad>(width, base_x, [&](T bx) { return a.grid_y(bx, base_y); },
+                                   in.h, iy.data(), diy.data());
     has_undefined = check_undefined && mark_undefined(width, ix.data(), iy.data(), undefined.data());
     move_far_points(width, in.h, in.w, ix.data(), iy.data());
     const int32_t h = static_cast<int32_t>(in.h), w = static_cast<int32_t>(in.w);
@@ -166,10 +174,16 @@ struct RowSamples {
   }
 
   // Offsets of tap 0 in a plane of geometry g (input and grad_input may differ in strides).
-  // (Strides as locals: out could alias g otherwise, which keeps the loop scalar.)
+  // (Strides as locals: out could alias g otherwise, which keeps the loop scalar.) In 32 bits
+  // where every offset fits (x0 and y0 lie in [-2, size]): AVX2 has no 64-bit multiply.
   void set_origins(const Geometry& g, int64_t* __restrict out) const {
-    const int64_t sh = g.sh, sw = g.sw;
-    for (int64_t w = 0; w < width; ++w) out[w] = int64_t(y0[w]) * sh + int64_t(x0[w]) * sw;
+    if ((g.h + 2) * g.sh + (g.w + 2) * g.sw <= std::numeric_limits<int32_t>::max()) {
+      const int32_t sh = static_cast<int32_t>(g.sh), sw = static_cast<int32_t>(g.sw);
+      for (int64_t w = 0; w < width; ++w) out[w] = y0[w] * sh + x0[w] * sw;
+    } else {
+      const int64_t sh = g.sh, sw = g.sw;
+      for (int64_t w = 0; w < width; ++w) out[w] = int64_t(y0[w]) * sh + int64_t(x0[w]) * sw;
+    }
   }
 
   Bilinear<T, int32_t> stencil(int64_t w) const {
@@ -271,10 +285,12 @@ constexpr bool kHasTapVectors = kTaps == 4 && std::is_same_v<scalar_t, at::opmat
 
 // One output row of a block of channels: a weighted gather of each pixel's taps, pixel by
 // pixel with the channels innermost; kTapVectors: see TapVectors.
-template <int kTaps, bool kTapVectors, typename T, typename scalar_t>
-void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __restrict src,
+// kChannels: the block's channel count as a constant (0: block_channels at run time).
+template <int kTaps, bool kTapVectors, int kChannels, typename T, typename scalar_t>
+void gather_row(const RowSamples<T>& r, int64_t block_channels, const scalar_t* __restrict src,
                 int64_t src_sc, TapDeltas delta, scalar_t* __restrict dst, int64_t dst_sc,
                 int64_t dst_sw) {
+  const int64_t channels = kChannels > 0 ? kChannels : block_channels;
   for (int64_t w = 0; w < r.width; ++w) {
     const scalar_t* s = src + r.origin[w];
     scalar_t* d = dst + w * dst_sw;
@@ -319,6 +335,22 @@ void gather_row(const RowSamples<T>& r, int64_t channels, const scalar_t* __rest
   }
 }
 
+// gather_row with the common small channel counts (a gray or colour image) as constants: the
+// channel loop then unrolls into the pixel loop, which keeps the row's arrays in registers.
+template <int kTaps, bool kTapVectors, typename T, typename scalar_t>
+void gather_row_block(const RowSamples<T>& r, int64_t channels, const scalar_t* src,
+                      int64_t src_sc, TapDeltas delta, scalar_t* dst, int64_t dst_sc,
+                      int64_t dst_sw) {
+  switch (channels) {
+    case 1:
+      return gather_row<kTaps, kTapVectors, 1>(r, channels, src, src_sc, delta, dst, dst_sc, dst_sw);
+    case 3:
+      return gather_row<kTaps, kTapVectors, 3>(r, channels, src, src_sc, delta, dst, dst_sc, dst_sw);
+    default:
+      return gather_row<kTaps, kTapVectors, 0>(r, channels, src, src_sc, delta, dst, dst_sc, dst_sw);
+  }
+}
+
 // Templated on mode and padding (see with_static_config) so the per-pixel math is branch-free.
 // Each task takes whole output rows: first the row's sample points, then the gather.
 template <Interpolation kMode, Padding kPadding, typename scalar_t>
@@ -347,20 +379,20 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
         a = affine_of<T, scalar_t>(theta, n);
         check_undefined = may_be_undefined(a, in);
       }
-      row.template resolve<kMode, kPadding>(a, base_x.data(),
-                                            base_coord<T>(h, out.h, align_corners), in,
-                                            align_corners, check_undefined);
+      row.template resolve<kMode, kPadding, false>(a, base_x.data(),
+                                                   base_coord<T>(h, out.h, align_corners), in,
+                                                   align_corners, check_undefined);
       for (int64_t c = 0; c < out.c; c += block) {
         const int64_t channels = std::min(block, out.c - c);
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
         scalar_t* dst = out_ptr + n * out.sn + c * out.sc + h * out.sh;
         if constexpr (kHasTapVectors<kTaps, scalar_t>) {
           if (in.sw == 1) {
-            gather_row<kTaps, true>(row, channels, src, in.sc, delta, dst, out.sc, out.sw);
+            gather_row_block<kTaps, true>(row, channels, src, in.sc, delta, dst, out.sc, out.sw);
             continue;
           }
         }
-        gather_row<kTaps, false>(row, channels, src, in.sc, delta, dst, out.sc, out.sw);
+        gather_row_block<kTaps, false>(row, channels, src, in.sc, delta, dst, out.sc, out.sw);
       }
       if (row.has_undefined) {  // rare: patched here, not tested in the gather loops
         scalar_t* dst = out_ptr + n * out.sn + h * out.sh;
@@ -564,8 +596,8 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       bool has_undefined = false;  // an undefined point makes the image's theta gradient NaN
       for (int64_t h = 0; h < gout.h; ++h) {
         const T base_y = base_coord<T>(h, gout.h, align_corners);
-        row.template resolve<kMode, kPadding>(a, base_x.data(), base_y, in, align_corners,
-                                              check_undefined);
+        row.template resolve<kMode, kPadding, kGradTheta>(a, base_x.data(), base_y, in,
+                                                          align_corners, check_undefined);
         has_undefined |= row.has_undefined;
         if (kGradInput && !same_layout) row.set_origins(gin, gin_origin.data());
         std::fill(g_ix.begin(), g_ix.end(), T(0));
@@ -608,8 +640,9 @@ at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& the
   check_sample_args(input, theta, out_h, out_w);
   check_spatial_size(input);
   const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
-  at::Tensor output = at::empty({input.size(0), input.size(1), out_h, out_w},
-                                input.options().memory_format(output_memory_format(input)));
+  at::Tensor output = with_huge_page_advice(
+      at::empty({input.size(0), input.size(1), out_h, out_w},
+                input.options().memory_format(output_memory_format(input))));
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_cpu", [&] {
@@ -632,8 +665,9 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
   // Accumulated in the opmath type (float for half and bfloat16), cast back at the end; the
   // kernel zeroes it unit by unit.
   at::Tensor grad_input_acc = output_mask[0]
-      ? at::empty_like(input, input.options().dtype(at::toOpMathType(input.scalar_type())),
-                       output_memory_format(input))
+      ? with_huge_page_advice(at::empty_like(
+            input, input.options().dtype(at::toOpMathType(input.scalar_type())),
+            output_memory_format(input)))
       : at::empty({0}, input.options());
   const int64_t groups = channel_groups(input.size(0), input.size(1));
   std::vector<double> partials(output_mask[1] ? input.size(0) * groups * 6 : 0, 0.0);

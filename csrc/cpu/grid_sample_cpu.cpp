@@ -28,6 +28,7 @@
 #include "../affine_grid_sample.h"
 #include "../grid_sample.h"
 #include "../interpolation.h"
+#include "huge_pages.h"
 
 namespace stn_ext {
 namespace {
@@ -630,9 +631,11 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
     std::array<bool, 2> output_mask, bool per_image, MakeSource make_source) {
   check_axis_sizes(input);
   at::Tensor grad_input_acc =
-      output_mask[0] ? at::zeros_like(input, input.options().dtype(at::toOpMathType(input.scalar_type())),
-                                      output_memory_format(input))
-                     : at::empty({0}, input.options());
+      output_mask[0]
+          ? with_huge_page_advice(at::empty_like(
+                input, input.options().dtype(at::toOpMathType(input.scalar_type())),
+                output_memory_format(input))).zero_()
+          : at::empty({0}, input.options());
   // Theta gradients are reduced in double, as the 2-D affine kernels do. The kernel writes every
   // element; without anything sampled (no image, channel or output point) they are zero.
   const bool sampled = grad_output.numel() != 0;
