@@ -221,22 +221,37 @@ struct RowStencil {
 
   // The stencils of the row whose normalised coordinates are in coordinates(), in an input of
   // geometry `in`; offsets for planes of strides `in`.
-  // The padding is a constant in the loops (no switch inside them); align_corners only scales.
   void resolve(const Spatial<kDim>& in, const SampleConfig& cfg) {
+    resolve_axes(in, cfg);
+    tap_weights_and_mask();
+    flatten(in, offset.data());
+  }
+
+  // The part of resolve() a separable gather needs (see separable_sum): each axis tap's index,
+  // insideness and weight, and its share of an offset in planes of strides `in` (axis_offset).
+  void resolve_axes_and_shares(const Spatial<kDim>& in, const SampleConfig& cfg) {
+    resolve_axes(in, cfg);
+    axis_shares(in);
+  }
+
+  // The padding is a constant in the loops (no switch inside them); align_corners only scales.
+  // (The forward pass has no use for the derivatives, but without their stores these loops
+  // vectorised worse and ran slower.)
+  void resolve_axes(const Spatial<kDim>& in, const SampleConfig& cfg) {
     switch (cfg.padding) {
       case Padding::Zeros:
-        return resolve<Padding::Zeros>(in, cfg.align_corners);
+        return resolve_axes<Padding::Zeros>(in, cfg.align_corners);
       case Padding::Border:
-        return resolve<Padding::Border>(in, cfg.align_corners);
+        return resolve_axes<Padding::Border>(in, cfg.align_corners);
       case Padding::Reflection:
-        return resolve<Padding::Reflection>(in, cfg.align_corners);
+        return resolve_axes<Padding::Reflection>(in, cfg.align_corners);
     }
   }
 
   // Few loops, each over the whole row: a row costs about a loop's overhead per loop, so the
   // per-axis work is done in one loop per axis and the per-tap work in one loop per tap.
   template <Padding kPadding>
-  void resolve(const Spatial<kDim>& in, bool align_corners) {
+  void resolve_axes(const Spatial<kDim>& in, bool align_corners) {
     const SampleConfig cfg{Policy::kMode, kPadding, align_corners};
     // Members as locals throughout: stores through the arrays could otherwise alias *this, which
     // makes the compiler reload every member in every iteration and keeps the loops scalar.
@@ -281,9 +296,15 @@ struct RowStencil {
         }
       }
     }
-    flatten(in, offset.data());
-    // Each tap's weight (the product of its axis weights, x, y, z in turn, as ATen's corner
-    // weights) and mask bit.
+  }
+
+  // Each tap's weight (the product of its axis weights, x, y, z in turn, as ATen's corner
+  // weights) and mask bit.
+  void tap_weights_and_mask() {
+    const int64_t width = this->width;
+    const int32_t* __restrict st = status.data();
+    const int32_t* __restrict inside = axis_inside.data();
+    const T* __restrict axis_w = axis_weight.data();
     T* __restrict tap_weight = weight.data();
     int32_t* __restrict m = mask.data();
     for (int k = 0; k < kTaps; ++k) {
@@ -322,6 +343,25 @@ struct RowStencil {
   // Offsets of every tap in planes of strides g (input and grad_input may differ): out[k][w].
   // Each axis tap's share (index times stride) is computed once, then summed per tap.
   void flatten(const Spatial<kDim>& g, int64_t* __restrict out) {
+    axis_shares(g);
+    const int64_t width = this->width;
+    const int64_t* __restrict share = axis_offset.data();
+    for (int k = 0; k < kTaps; ++k) {
+      const std::array<int, kDim> t = tap_axes(k);
+      const int64_t* axis_share[kDim];
+      for (int a = 0; a < kDim; ++a) axis_share[a] = share + (a * kAxisTaps + t[a]) * width;
+      int64_t* __restrict o = out + k * width;
+#pragma omp simd
+      for (int64_t w = 0; w < width; ++w) {
+        int64_t sum = axis_share[0][w];
+        for (int a = 1; a < kDim; ++a) sum += axis_share[a][w];
+        o[w] = sum;
+      }
+    }
+  }
+
+  // Each axis tap's share of an offset in planes of strides g: axis_offset[a][k][w].
+  void axis_shares(const Spatial<kDim>& g) {
     const int64_t width = this->width;
     const int32_t* __restrict index = axis_index.data();
     int64_t* __restrict share = axis_offset.data();
@@ -334,18 +374,6 @@ struct RowStencil {
         for (int64_t i = begin; i < end; ++i) share[i] = int64_t(index[i] * stride32);
       } else {
         for (int64_t i = begin; i < end; ++i) share[i] = int64_t(index[i]) * stride;
-      }
-    }
-    for (int k = 0; k < kTaps; ++k) {
-      const std::array<int, kDim> t = tap_axes(k);
-      const int64_t* axis_share[kDim];
-      for (int a = 0; a < kDim; ++a) axis_share[a] = share + (a * kAxisTaps + t[a]) * width;
-      int64_t* __restrict o = out + k * width;
-#pragma omp simd
-      for (int64_t w = 0; w < width; ++w) {
-        int64_t sum = axis_share[0][w];
-        for (int a = 1; a < kDim; ++a) sum += axis_share[a][w];
-        o[w] = sum;
       }
     }
   }
@@ -398,12 +426,106 @@ std::vector<T> fill_values(const c10::optional<at::Tensor>& fill) {
   return values;
 }
 
+// One point's axis taps as a separable gather reads them: per axis (x first), each tap's share
+// of the offset, weight and insideness.
+template <int kDim, int kAxisTaps, typename T>
+struct PointAxes {
+  int64_t share[kDim][kAxisTaps];
+  T weight[kDim][kAxisTaps];
+  int32_t inside[kDim][kAxisTaps];
+};
+
+// The weighted sum of a point's taps in one plane, axis by axis: over axis kAxis's taps t,
+// weight[kAxis][t] times the tap's value (axis 0) or times the same sum over the axes below at
+// that tap (so 2-D sums each row of taps, then the rows, as ATen's bicubic does). Fewer
+// multiplies than a weight per tap, and short independent chains of additions. kMasked: a tap
+// outside on any axis reads `outside` (inside_above: whether the taps above are all inside).
+template <int kAxis, bool kMasked, int kDim, int kAxisTaps, typename T, typename scalar_t>
+C10_ALWAYS_INLINE T separable_sum(const scalar_t* plane, const PointAxes<kDim, kAxisTaps, T>& p,
+                                  int64_t base, int32_t inside_above, T outside) {
+  T acc{};
+  for (int t = 0; t < kAxisTaps; ++t) {
+    T term;
+    if constexpr (kAxis == 0) {
+      const bool inside = !kMasked || (inside_above & p.inside[0][t]);
+      term = inside ? T(plane[base + p.share[0][t]]) : outside;
+    } else {
+      term = separable_sum<kAxis - 1, kMasked>(plane, p, base + p.share[kAxis][t],
+                                               inside_above & p.inside[kAxis][t], outside);
+    }
+    // The first tap's term starts the sum (no 0 + ...): nearest copies -0.0 exactly.
+    acc = t == 0 ? p.weight[kAxis][t] * term : acc + p.weight[kAxis][t] * term;
+  }
+  return acc;
+}
+
+// The weighted sum of point w's taps (row.resolve()d) for each channel, tap by tap, into
+// o[c * o_c_stride]; taps outside read the channel's fill value, or zero without one.
+template <typename Row, typename T, typename scalar_t>
+C10_ALWAYS_INLINE void gather_taps(const Row& row, int64_t w, const scalar_t* plane,
+                                   int64_t plane_c_stride, int64_t channels,
+                                   const std::vector<T>& fill, scalar_t* o, int64_t o_c_stride) {
+  const int64_t width = row.width;
+  int64_t offset[Row::kTaps];
+  T weight[Row::kTaps];
+  for (int k = 0; k < Row::kTaps; ++k) {
+    offset[k] = row.offset[k * width + w];
+    weight[k] = row.weight[k * width + w];
+  }
+  const int32_t mask = row.mask[w];
+  if (mask == Row::kAllInside) {  // the common case: no tap in the padding
+    for (int64_t c = 0; c < channels; ++c, plane += plane_c_stride) {
+      // The first tap's term starts the sum (no 0 + ...): nearest copies -0.0 exactly.
+      T acc = weight[0] * T(plane[offset[0]]);
+      for (int k = 1; k < Row::kTaps; ++k) acc += weight[k] * T(plane[offset[k]]);
+      o[c * o_c_stride] = static_cast<scalar_t>(acc);
+    }
+    return;
+  }
+  for (int64_t c = 0; c < channels; ++c, plane += plane_c_stride) {
+    const T outside_value = fill.empty() ? T(0) : fill[c];
+    auto term = [&](int k) {
+      return weight[k] * ((mask >> k) & 1 ? T(plane[offset[k]]) : outside_value);
+    };
+    T acc = term(0);
+    for (int k = 1; k < Row::kTaps; ++k) acc += term(k);
+    o[c * o_c_stride] = static_cast<scalar_t>(acc);
+  }
+}
+
+// d(loss)/d(pixel x, y) of 2-D point w from tap_sum[k] (tap k's value times the incoming
+// gradient, summed over the channels; x fastest): the product rule over the axis weights, each
+// row of taps summed first, as the forward pass sums them. Adds to g_pixel.
+template <typename Row, typename T>
+C10_ALWAYS_INLINE void separable_coordinate_gradient(const Row& row, int64_t w,
+                                                     const T* tap_sum, T* g_pixel) {
+  constexpr int kAxisTaps = Row::kAxisTaps;
+  const int64_t width = row.width;
+  auto axis_value = [&](const std::vector<T>& values, int axis, int t) {
+    return values[(axis * kAxisTaps + t) * width + w];
+  };
+  for (int j = 0; j < kAxisTaps; ++j) {
+    T row_sum{}, row_d_sum{};  // the row's taps weighted by x weights, and by their derivatives
+    for (int i = 0; i < kAxisTaps; ++i) {
+      const T value = tap_sum[j * kAxisTaps + i];
+      row_sum += axis_value(row.axis_weight, 0, i) * value;
+      row_d_sum += axis_value(row.axis_d_weight, 0, i) * value;
+    }
+    g_pixel[0] += axis_value(row.axis_weight, 1, j) * row_d_sum;
+    g_pixel[1] += axis_value(row.axis_d_weight, 1, j) * row_sum;
+  }
+}
+
 template <int kDim, typename Policy, typename scalar_t, typename Source>
 void forward_kernel(const at::Tensor& input, const Source& source,
                     const std::vector<at::opmath_type<scalar_t>>& fill, at::Tensor& output,
                     const SampleConfig& cfg) {
   using T = at::opmath_type<scalar_t>;
   using Row = RowStencil<kDim, Policy, T>;
+  constexpr int kAxisTaps = Row::kAxisTaps;
+  // Bicubic sums its 16 taps separably; with 1 or 2 taps an axis, loading a point's axis arrays
+  // costs more than the weight products it saves, and the taps are summed one by one.
+  constexpr bool kSeparable = kAxisTaps > 2;
   const Spatial<kDim> in(input), out(output);
   const int64_t width = out.size[0], rows = out.rows(), channels = in.channels;
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
@@ -416,7 +538,11 @@ void forward_kernel(const at::Tensor& input, const Source& source,
       const int64_t n = i / rows;
       const std::array<int64_t, kDim> pos = out.row_position(i % rows);
       source.image(n).row_coordinates(pos, width, row.coordinates().data());
-      row.resolve(in, cfg);
+      if constexpr (kSeparable) {
+        row.resolve_axes_and_shares(in, cfg);
+      } else {
+        row.resolve(in, cfg);
+      }
       const scalar_t* image = in_ptr + n * in.n_stride;
       scalar_t* out_row = out_ptr + n * out.n_stride + out.offset(pos);
       for (int64_t w = 0; w < width; ++w) {
@@ -430,31 +556,33 @@ void forward_kernel(const at::Tensor& input, const Source& source,
           }
           continue;
         }
-        int64_t offset[Row::kTaps];
-        T weight[Row::kTaps];
-        for (int k = 0; k < Row::kTaps; ++k) {
-          offset[k] = row.offset[k * width + w];
-          weight[k] = row.weight[k * width + w];
+        if constexpr (!kSeparable) {
+          gather_taps(row, w, image, in.c_stride, channels, fill, o, out.c_stride);
+          continue;
         }
-        const int32_t mask = row.mask[w];
+        PointAxes<kDim, kAxisTaps, T> p;
+        int32_t all_inside = 1;
+        for (int a = 0; a < kDim; ++a) {
+          for (int t = 0; t < kAxisTaps; ++t) {
+            const int64_t j = (a * kAxisTaps + t) * width + w;
+            p.share[a][t] = row.axis_offset[j];
+            p.weight[a][t] = row.axis_weight[j];
+            p.inside[a][t] = row.axis_inside[j];
+            all_inside &= p.inside[a][t];
+          }
+        }
         const scalar_t* plane = image;
-        if (mask == Row::kAllInside) {  // the common case: no tap in the padding
+        if (all_inside) {  // the common case: no tap in the padding
           for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
-            // The first tap's term starts the sum (no 0 + ...): nearest copies -0.0 exactly.
-            T acc = weight[0] * T(plane[offset[0]]);
-            for (int k = 1; k < Row::kTaps; ++k) acc += weight[k] * T(plane[offset[k]]);
-            o[c * out.c_stride] = static_cast<scalar_t>(acc);
+            o[c * out.c_stride] =
+                static_cast<scalar_t>(separable_sum<kDim - 1, false>(plane, p, 0, 1, T(0)));
           }
           continue;
         }
         for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
-          const T outside_value = has_fill ? fill[c] : T(0);
-          auto term = [&](int k) {
-            return weight[k] * ((mask >> k) & 1 ? T(plane[offset[k]]) : outside_value);
-          };
-          T acc = term(0);
-          for (int k = 1; k < Row::kTaps; ++k) acc += term(k);
-          o[c * out.c_stride] = static_cast<scalar_t>(acc);
+          const T outside = has_fill ? fill[c] : T(0);
+          o[c * out.c_stride] =
+              static_cast<scalar_t>(separable_sum<kDim - 1, true>(plane, p, 0, 1, outside));
         }
       }
     }
@@ -473,7 +601,12 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                      const GridGradient<kDim, scalar_t>* grid_gradient) {
   using T = at::opmath_type<scalar_t>;
   using Row = RowStencil<kDim, Policy, T>;
+  constexpr int kAxisTaps = Row::kAxisTaps;
   constexpr int kThetaSize = kDim * (kDim + 1);
+  // As in the forward pass, bicubic takes its coordinate gradient separably (from the axis
+  // weights and their derivatives), the other modes from a weight derivative per tap.
+  constexpr bool kSeparable = kAxisTaps > 2;
+  static_assert(!kSeparable || kDim == 2, "separable coordinate gradients are 2-D");
   const Spatial<kDim> in(input), gout(grad_output);
   const int64_t width = gout.size[0], rows = gout.rows(), channels = in.channels;
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
@@ -504,7 +637,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
           row.flatten(gin, gin_offset_storage.data());
           gin_offset = gin_offset_storage.data();
         }
-        if (coordinate_work) row.weight_derivatives(d_weight.data());
+        if (coordinate_work && !kSeparable) row.weight_derivatives(d_weight.data());
         const scalar_t* g_row = gout_ptr + n * gout.n_stride + gout.offset(pos);
         const scalar_t* in_image = in_ptr + n * in.n_stride;
         grad_in_t* gin_image = grad_in_ptr != nullptr ? grad_in_ptr + n * gin.n_stride : nullptr;
@@ -525,7 +658,8 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
               grad_offset[k] = gin_offset[k * width + w];
               weight[k] = row.weight[k * width + w];
               for (int a = 0; a < kDim; ++a) {
-                d_w[k][a] = coordinate_work ? d_weight[(k * kDim + a) * width + w] : T(0);
+                d_w[k][a] = coordinate_work && !kSeparable ? d_weight[(k * kDim + a) * width + w]
+                                                           : T(0);
               }
             }
             // d(loss)/d(pixel coordinate a) = sum over taps k of d_w[k][a] * tap_sum[k], where
@@ -561,10 +695,13 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                 }
               }
             }
-            if (coordinate_work) {
+            if (coordinate_work && !kSeparable) {
               for (int k = 0; k < Row::kTaps; ++k) {
                 for (int a = 0; a < kDim; ++a) g_pixel[a] += d_w[k][a] * tap_sum[k];
               }
+            }
+            if constexpr (kSeparable) {
+              if (coordinate_work) separable_coordinate_gradient(row, w, tap_sum, g_pixel);
             }
             for (int a = 0; a < kDim; ++a) g_pixel[a] *= row.d_coord[a * width + w];
           }
