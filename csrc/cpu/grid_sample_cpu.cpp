@@ -203,6 +203,11 @@ template <int kDim, typename Policy, typename T>
 struct RowStencil {
   static constexpr int kAxisTaps = Policy::kTaps;
   static constexpr int kTaps = power(kAxisTaps, kDim);
+  // Whether the kernels sum a point's taps separably, from the per-axis arrays (resolve_axes_and_
+  // shares, separable_sum), or tap by tap (resolve). Bicubic's 16 taps are summed separably;
+  // with 1 or 2 taps an axis, loading a point's axis arrays costs more than the weight products
+  // it saves.
+  static constexpr bool kSeparable = kAxisTaps > 2;
   static_assert(kTaps <= 31, "mask bits");
   static constexpr int32_t kAllInside = (1 << kTaps) - 1;
 
@@ -459,6 +464,40 @@ C10_ALWAYS_INLINE T separable_sum(const scalar_t* plane, const PointAxes<kDim, k
   return acc;
 }
 
+// The weighted sum of point w's taps (row.resolve_axes_and_shares()d) for each channel,
+// separably, into o[c * o_c_stride]; taps outside read the channel's fill value, or zero.
+template <int kDim, typename Policy, typename T, typename scalar_t>
+C10_ALWAYS_INLINE void gather_separable(const RowStencil<kDim, Policy, T>& row, int64_t w,
+                                        const scalar_t* plane, int64_t plane_c_stride,
+                                        int64_t channels, const std::vector<T>& fill, scalar_t* o,
+                                        int64_t o_c_stride) {
+  constexpr int kAxisTaps = RowStencil<kDim, Policy, T>::kAxisTaps;
+  const int64_t width = row.width;
+  PointAxes<kDim, kAxisTaps, T> p;
+  int32_t all_inside = 1;
+  for (int a = 0; a < kDim; ++a) {
+    for (int t = 0; t < kAxisTaps; ++t) {
+      const int64_t j = (a * kAxisTaps + t) * width + w;
+      p.share[a][t] = row.axis_offset[j];
+      p.weight[a][t] = row.axis_weight[j];
+      p.inside[a][t] = row.axis_inside[j];
+      all_inside &= p.inside[a][t];
+    }
+  }
+  if (all_inside) {  // the common case: no tap in the padding
+    for (int64_t c = 0; c < channels; ++c, plane += plane_c_stride) {
+      o[c * o_c_stride] =
+          static_cast<scalar_t>(separable_sum<kDim - 1, false>(plane, p, 0, 1, T(0)));
+    }
+    return;
+  }
+  for (int64_t c = 0; c < channels; ++c, plane += plane_c_stride) {
+    const T outside = fill.empty() ? T(0) : fill[c];
+    o[c * o_c_stride] =
+        static_cast<scalar_t>(separable_sum<kDim - 1, true>(plane, p, 0, 1, outside));
+  }
+}
+
 // The weighted sum of point w's taps (row.resolve()d) for each channel, tap by tap, into
 // o[c * o_c_stride]; taps outside read the channel's fill value, or zero without one.
 template <typename Row, typename T, typename scalar_t>
@@ -522,10 +561,6 @@ void forward_kernel(const at::Tensor& input, const Source& source,
                     const SampleConfig& cfg) {
   using T = at::opmath_type<scalar_t>;
   using Row = RowStencil<kDim, Policy, T>;
-  constexpr int kAxisTaps = Row::kAxisTaps;
-  // Bicubic sums its 16 taps separably; with 1 or 2 taps an axis, loading a point's axis arrays
-  // costs more than the weight products it saves, and the taps are summed one by one.
-  constexpr bool kSeparable = kAxisTaps > 2;
   const Spatial<kDim> in(input), out(output);
   const int64_t width = out.size[0], rows = out.rows(), channels = in.channels;
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
@@ -538,7 +573,7 @@ void forward_kernel(const at::Tensor& input, const Source& source,
       const int64_t n = i / rows;
       const std::array<int64_t, kDim> pos = out.row_position(i % rows);
       source.image(n).row_coordinates(pos, width, row.coordinates().data());
-      if constexpr (kSeparable) {
+      if constexpr (Row::kSeparable) {
         row.resolve_axes_and_shares(in, cfg);
       } else {
         row.resolve(in, cfg);
@@ -556,33 +591,10 @@ void forward_kernel(const at::Tensor& input, const Source& source,
           }
           continue;
         }
-        if constexpr (!kSeparable) {
+        if constexpr (Row::kSeparable) {
+          gather_separable(row, w, image, in.c_stride, channels, fill, o, out.c_stride);
+        } else {
           gather_taps(row, w, image, in.c_stride, channels, fill, o, out.c_stride);
-          continue;
-        }
-        PointAxes<kDim, kAxisTaps, T> p;
-        int32_t all_inside = 1;
-        for (int a = 0; a < kDim; ++a) {
-          for (int t = 0; t < kAxisTaps; ++t) {
-            const int64_t j = (a * kAxisTaps + t) * width + w;
-            p.share[a][t] = row.axis_offset[j];
-            p.weight[a][t] = row.axis_weight[j];
-            p.inside[a][t] = row.axis_inside[j];
-            all_inside &= p.inside[a][t];
-          }
-        }
-        const scalar_t* plane = image;
-        if (all_inside) {  // the common case: no tap in the padding
-          for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
-            o[c * out.c_stride] =
-                static_cast<scalar_t>(separable_sum<kDim - 1, false>(plane, p, 0, 1, T(0)));
-          }
-          continue;
-        }
-        for (int64_t c = 0; c < channels; ++c, plane += in.c_stride) {
-          const T outside = has_fill ? fill[c] : T(0);
-          o[c * out.c_stride] =
-              static_cast<scalar_t>(separable_sum<kDim - 1, true>(plane, p, 0, 1, outside));
         }
       }
     }
@@ -601,11 +613,10 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                      const GridGradient<kDim, scalar_t>* grid_gradient) {
   using T = at::opmath_type<scalar_t>;
   using Row = RowStencil<kDim, Policy, T>;
-  constexpr int kAxisTaps = Row::kAxisTaps;
   constexpr int kThetaSize = kDim * (kDim + 1);
-  // As in the forward pass, bicubic takes its coordinate gradient separably (from the axis
-  // weights and their derivatives), the other modes from a weight derivative per tap.
-  constexpr bool kSeparable = kAxisTaps > 2;
+  // The coordinate gradient of a separable stencil comes from the axis weights and their
+  // derivatives, that of the others from a weight derivative per tap.
+  constexpr bool kSeparable = Row::kSeparable;
   static_assert(!kSeparable || kDim == 2, "separable coordinate gradients are 2-D");
   const Spatial<kDim> in(input), gout(grad_output);
   const int64_t width = gout.size[0], rows = gout.rows(), channels = in.channels;
