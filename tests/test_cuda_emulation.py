@@ -23,15 +23,22 @@ LIMITS = {
 }
 
 
+# Inputs for each backward path: a small image takes the one-block-per-image kernel that stages
+# grad_input in shared memory (backward_staged_kernel, up to 32 KB an image); a larger one the
+# kernel with several blocks per image and atomics in global memory.
+INPUT_SHAPES = {"staged": (5, 3, 6, 9), "global": (5, 3, 64, 64)}
+
+
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[5], CONFIGS[8]],
                          ids=[CONFIG_IDS[0], CONFIG_IDS[5], CONFIG_IDS[8]])
 @pytest.mark.parametrize("limits", LIMITS.values(), ids=LIMITS.keys())
-def test_launch_geometry(limits, config, deterministic):
-    """Batch 5 and 17 x 33 output pixels (3 blocks of 256 per image): output and both gradients
-    equal the reference whatever the grid and index width."""
+@pytest.mark.parametrize("shape", INPUT_SHAPES.values(), ids=INPUT_SHAPES.keys())
+def test_launch_geometry(shape, limits, config, deterministic):
+    """Batch 5 and 17 x 33 output pixels (3 blocks of 256 per image where an image takes
+    several): output and both gradients equal the reference whatever the grid and index width."""
     max_grid_y, force_64bit_indexing, block_order_seed = limits
-    shape, size = (5, 3, 6, 9), (17, 33)
+    size = (17, 33)
     seed = seed_of("geometry", config)
     x, theta = make_case(EMULATED, shape, size, config, torch.float64, seed, requires_grad=True)
     grad_output = random_input((*shape[:2], *size), seed=seed + 1)
@@ -48,8 +55,9 @@ def test_launch_geometry(limits, config, deterministic):
 
 
 # Kernel launches per call: the forward is one kernel; the backward one kernel for the theta
-# gradient and the atomic input gradient together, or, deterministic, that kernel writing tap
-# records plus the gather kernel (the sort between them is ATen's).
+# gradient and the atomic input gradient together (the staged kernel at this small shape), or,
+# deterministic, a kernel writing tap records plus the gather kernel (the sort between them is
+# ATen's).
 LAUNCHES = {
     "forward": 1,
     "backward-atomic": 1,
@@ -81,6 +89,41 @@ def test_launch_count(call):
     assert_launches(
         call, lambda: cuda_emulation.forward_op()(x, theta, *size, *config.values()),
         lambda mask: cuda_emulation.backward_op()(grad_output, x, theta, *config.values(), mask))
+
+
+def _aten_calls(call) -> list:
+    """The ATen ops that call() runs, nested ones included (torch.profiler's record of the
+    dispatcher), by name."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        call()
+    return [event.name for event in profile.events() if event.name.startswith("aten::")]
+
+
+# What the staged backward must not run: a fill of grad_input, a reduction of theta partials,
+# a cast of either (each a kernel launch on a GPU).
+EXTRA_PASSES = ("aten::zero_", "aten::fill_", "aten::zeros", "aten::zeros_like", "aten::sum",
+                "aten::_to_copy", "aten::copy_")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("shape", INPUT_SHAPES.values(), ids=INPUT_SHAPES.keys())
+def test_staged_backward_runs_no_extra_pass(shape, dtype):
+    """At a small image (the STN regime) the backward is one kernel writing grad_input and
+    grad_theta in their final dtype: no zero-fill, partials' reduction or cast in ATen around
+    it. A larger image still takes them (which shows the check sees them)."""
+    size = (7, 4)
+    x, theta = make_case(EMULATED, shape, size, CONFIGS[0], dtype, seed_of("passes", shape))
+    grad_output = torch.ones(*shape[:2], *size, dtype=dtype)
+    before = cuda_emulation.launch_count()
+    calls = _aten_calls(lambda: cuda_emulation.backward_op()(
+        grad_output, x, theta, *CONFIGS[0].values(), [True, True]))
+    assert cuda_emulation.launch_count() - before == 1
+    extra = [name for name in calls if name in EXTRA_PASSES]
+    if shape == INPUT_SHAPES["staged"]:
+        assert not extra, extra
+    else:
+        assert extra
 
 
 @pytest.mark.parametrize("shape,size", [((2, 0, 5, 6), (4, 3)), ((2, 3, 5, 6), (0, 4)),

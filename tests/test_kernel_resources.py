@@ -16,8 +16,10 @@ import kernel_resources  # noqa: E402
 
 # Kernels (by label, kernel_resources.kernel_label) with a stack frame today, and why.
 KNOWN_STACK_USE = {
-    # The fused op's taps (DeviceTaps) are looped over by a run-time tap count.
-    r"(forward|backward)_kernel<": "fused op: arrays indexed by the run-time tap count",
+    r"forward_kernel<(BFloat16|Half), ": "fused forward, half/bfloat16: spills (ptxas keeps "
+                                        "it at 32-40 registers)",
+    r"backward_staged_kernel<\w+, long>": "staged backward, 64-bit indices: 16 bytes of spills "
+                                          "at 64 registers",
     r"gather_input_grad_kernel<\w+, 2>": "2-D record gather (16 bytes)",
     r"sample_(forward|backward)_kernel<\w+, 3, LinearPolicy": "trilinear: 8 taps' arrays",
     r"sample_backward_kernel<\w+, 2, NearestPolicy, AffineMapSource": "theta reduction (8 bytes)",

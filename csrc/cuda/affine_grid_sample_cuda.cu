@@ -131,8 +131,11 @@ __global__ void __launch_bounds__(kThreads)
     for (index_t c = 0; c < in.c; ++c) {
       // The first tap's term starts the sum (no 0 + ...), so that nearest copies -0.0 exactly.
       T acc = t.valid[0] ? t.weight[0] * T(src[t.offset[0]]) : T(0);
-      for (int k = 1; k < t.count; ++k) {
-        acc += t.valid[k] ? t.weight[k] * T(src[t.offset[k]]) : T(0);
+      // Every tap index a constant (taps past the count are skipped): the arrays stay in
+      // registers, where a run-time index would put them on the stack.
+#pragma unroll
+      for (int k = 1; k < kMaxTaps; ++k) {
+        if (k < t.count) acc += t.valid[k] ? t.weight[k] * T(src[t.offset[k]]) : T(0);
       }
       dst[c * out.sc] = static_cast<scalar_t>(t.undefined ? quiet_nan<T>() : acc);
       src += in.sc;
@@ -149,6 +152,54 @@ struct InputGradSink {
   int64_t* record_key;
   T* record_weight;
 };
+
+// The channel loop of one output point's backward pass (taps t at input's strides, grad_output
+// at go): calls add_input_grad(c, k, weight_k * g) for each valid tap k of each channel c if
+// want_input, and sums d(loss)/d(ix, iy) over the channels into (g_ix, g_iy) if want_theta.
+// A point with no tap in the image adds nothing, even where grad_output is not finite (ATen
+// skips such taps too).
+template <typename T, typename scalar_t, typename index_t, typename AddInputGrad>
+__device__ inline void backward_channels(const DeviceTaps<T, index_t>& t, const scalar_t* go,
+                                         index_t go_sc, const scalar_t* src, index_t src_sc,
+                                         index_t channels, bool want_input, bool want_theta,
+                                         AddInputGrad add_input_grad, T* g_ix, T* g_iy) {
+  const bool contributes = t.any_valid();
+  for (index_t c = 0; contributes && c < channels; ++c) {
+    const T g = T(go[c * go_sc]);
+    if (want_input) {
+#pragma unroll
+      for (int k = 0; k < kMaxTaps; ++k) {  // (taps past the count are not valid)
+        if (t.valid[k]) add_input_grad(c, k, t.weight[k] * g);
+      }
+    }
+    if (want_theta) {
+      T v[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[k] = t.valid[k] ? T(src[c * src_sc + t.offset[k]]) : T(0);
+      T d_ix, d_iy;
+      bilinear_coord_grad(t.stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
+      *g_ix += g * d_ix;
+      *g_iy += g * d_iy;
+    }
+  }
+}
+
+// Adds one point's theta gradient (from its coordinate gradient (g_ix, g_iy)) to tg; an
+// undefined point makes it NaN.
+template <typename T, typename index_t>
+__device__ inline void add_point_theta_grad(const DeviceTaps<T, index_t>& t,
+                                            const SourcePoint<T>& p, T g_ix, T g_iy, T base_x,
+                                            T base_y, T (&tg)[6]) {
+  if (!t.any_valid() && !t.undefined) return;
+  ThetaGrad<T> acc{};
+  if (t.undefined) {
+    acc.add(quiet_nan<T>(), quiet_nan<T>(), base_x, base_y);
+  } else {
+    acc.add(g_ix * p.dix, g_iy * p.diy, base_x, base_y);
+  }
+#pragma unroll
+  for (int k = 0; k < 6; ++k) tg[k] += acc.g[k];
+}
 
 // grad_in_t is the opmath type (atomics on a float buffer are both faster and more accurate
 // than on half); the host casts it back.
@@ -186,40 +237,14 @@ __global__ void __launch_bounds__(kThreads)
       }
       const DeviceTaps<T, index_t> gt =  // the same taps at grad_input's strides
           sink.atomic_sum != nullptr ? taps_of(p, cfg, gin) : t;
-      const scalar_t* go = grad_output + n * gout.sn + h * gout.sh + w * gout.sw;
-      const scalar_t* src = input + n * in.sn;
       T* dst = sink.atomic_sum == nullptr ? nullptr : sink.atomic_sum + n * gin.sn;
-      // A point with no tap in the image adds nothing, even where grad_output is not finite
-      // (ATen skips such taps too); an undefined point makes theta's gradient NaN.
-      const bool contributes = t.any_valid();
       T g_ix = T(0), g_iy = T(0);
-      for (index_t c = 0; contributes && c < gout.c; ++c) {
-        const T g = T(go[c * gout.sc]);
-        if (dst != nullptr) {
-          for (int k = 0; k < t.count; ++k) {
-            if (gt.valid[k]) gpuAtomicAdd(dst + c * gin.sc + gt.offset[k], gt.weight[k] * g);
-          }
-        }
-        if (want_theta) {
-          T v[4];
-#pragma unroll
-          for (int k = 0; k < 4; ++k) v[k] = t.valid[k] ? T(src[c * in.sc + t.offset[k]]) : T(0);
-          T d_ix, d_iy;
-          bilinear_coord_grad(t.stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
-          g_ix += g * d_ix;
-          g_iy += g * d_iy;
-        }
-      }
-      if (want_theta && (contributes || t.undefined)) {
-        ThetaGrad<T> acc{};
-        if (t.undefined) {
-          acc.add(quiet_nan<T>(), quiet_nan<T>(), base_x, base_y);
-        } else {
-          acc.add(g_ix * p.dix, g_iy * p.diy, base_x, base_y);
-        }
-#pragma unroll
-        for (int k = 0; k < 6; ++k) tg[k] = acc.g[k];
-      }
+      backward_channels(
+          t, grad_output + n * gout.sn + h * gout.sh + w * gout.sw, gout.sc, input + n * in.sn,
+          in.sc, gout.c, dst != nullptr, want_theta,
+          [&](index_t c, int k, T value) { gpuAtomicAdd(dst + c * gin.sc + gt.offset[k], value); },
+          &g_ix, &g_iy);
+      if (want_theta) add_point_theta_grad(t, p, g_ix, g_iy, base_x, base_y, tg);
     }
     if (theta_partials != nullptr) {
       block_sum(tg);
@@ -230,6 +255,81 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+}
+
+// The backward pass for small images (the STN regime: many images of a few thousand pixels),
+// in one launch: one block per image stages the image's grad_input in shared memory (atomics
+// there, not in global memory), then writes it once in its final dtype, and reduces the image's
+// theta gradient in the block, written in theta's dtype. Against backward_kernel it saves the
+// zero-fill of grad_input, the partials' reduction and, for half/bfloat16, the cast: 3 or 4
+// launches become 1, and grad_input's global traffic is one write instead of a fill plus a
+// read-modify-write per tap. Only while the image fits kStagedBytes and the block's points per
+// thread stay few (see staged_backward_fits); not deterministic (shared-memory atomics), so
+// under use_deterministic_algorithms the tap records serve instead.
+constexpr int64_t kStagedBytes = 32 * 1024;
+constexpr int64_t kStagedPointsPerThread = 8;
+
+template <typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_staged_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
+                           const scalar_t* __restrict__ input, Geometry<index_t> in,
+                           const scalar_t* __restrict__ theta, ThetaStrides ts,
+                           scalar_t* __restrict__ grad_input, Geometry<index_t> gin,
+                           scalar_t* __restrict__ grad_theta, SampleConfig cfg) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ T staged[kStagedBytes / sizeof(T)];  // (C, H, W) of one image, dense
+  const index_t plane = in.h * in.w;
+  const index_t staged_size = in.c * plane;
+  const index_t pixels = gout.h * gout.w;
+  const bool want_theta = grad_theta != nullptr && cfg.mode == Interpolation::Bilinear;
+  for (int64_t n = blockIdx.y; n < gout.n; n += gridDim.y) {
+    for (index_t i = threadIdx.x; i < staged_size; i += blockDim.x) staged[i] = T(0);
+    __syncthreads();
+    const Affine<T> a = Affine<T>::load(theta + n * ts.n, ts.row, ts.col);
+    T tg[6] = {T(0), T(0), T(0), T(0), T(0), T(0)};
+    for (index_t pixel = threadIdx.x; pixel < pixels; pixel += blockDim.x) {
+      const index_t h = pixel / gout.w, w = pixel % gout.w;
+      T base_x, base_y;
+      const SourcePoint<T> p =
+          source_point_of(a, h, w, gout.h, gout.w, in.h, in.w, cfg, &base_x, &base_y);
+      const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
+      T g_ix = T(0), g_iy = T(0);
+      backward_channels(
+          t, grad_output + n * gout.sn + h * gout.sh + w * gout.sw, gout.sc, input + n * in.sn,
+          in.sc, gout.c, /*want_input=*/true, want_theta,
+          [&](index_t c, int k, T value) {
+            gpuAtomicAdd(staged + c * plane + static_cast<index_t>(t.pixel[k]), value);
+          },
+          &g_ix, &g_iy);
+      if (want_theta) add_point_theta_grad(t, p, g_ix, g_iy, base_x, base_y, tg);
+    }
+    __syncthreads();
+    scalar_t* dst = grad_input + n * gin.sn;
+    for (index_t i = threadIdx.x; i < staged_size; i += blockDim.x) {
+      const index_t c = i / plane, y = i % plane / in.w, x = i % in.w;
+      dst[c * gin.sc + y * gin.sh + x * gin.sw] = static_cast<scalar_t>(staged[i]);
+    }
+    if (grad_theta != nullptr) {
+      block_sum(tg);  // (its barriers also keep the next image's zeroing after these reads)
+      if (threadIdx.x == 0) {
+#pragma unroll
+        for (int k = 0; k < 6; ++k) grad_theta[n * 6 + k] = static_cast<scalar_t>(tg[k]);
+      }
+    } else {
+      __syncthreads();  // the next image's zeroing waits for these reads
+    }
+  }
+}
+
+// Whether backward_staged_kernel takes a call: grad_input wanted and not deterministic, the
+// image (in the opmath type) within kStagedBytes, and at most kStagedPointsPerThread output
+// points per thread of the image's one block.
+bool staged_backward_fits(const at::Tensor& grad_output, const at::Tensor& input,
+                          bool want_input, bool deterministic) {
+  const int64_t opmath_size = at::elementSize(at::toOpMathType(input.scalar_type()));
+  return want_input && !deterministic &&
+         input.size(1) * input.size(2) * input.size(3) * opmath_size <= kStagedBytes &&
+         grad_output.size(2) * grad_output.size(3) <= kStagedPointsPerThread * kThreads;
 }
 
 ThetaStrides strides_of_theta(const at::Tensor& theta) {
@@ -279,6 +379,31 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
     return {output_mask[0] ? at::zeros_like(input, layout) : at::empty({0}, input.options()),
             output_mask[1] ? at::zeros({batch, 2, 3}, theta.options())
                            : at::empty({0}, theta.options())};
+  }
+
+  if (staged_backward_fits(grad_output, input, output_mask[0], deterministic)) {
+    at::Tensor grad_input = at::empty_like(input, layout);
+    at::Tensor grad_theta = output_mask[1] ? at::empty({batch, 2, 3}, theta.options())
+                                           : at::empty({0}, theta.options());
+    const dim3 grid(1, static_cast<unsigned>(std::min(batch, max_grid_dim_y())));
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
+          auto launch = [&](auto index_zero) {
+            using index_t = decltype(index_zero);
+            launch_kernel(backward_staged_kernel<scalar_t, index_t>, grid, kThreads,
+                          c10::cuda::getCurrentCUDAStream(),
+                          grad_output.const_data_ptr<scalar_t>(),
+                          geometry_of<index_t>(grad_output), input.const_data_ptr<scalar_t>(),
+                          geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
+                          strides_of_theta(theta), grad_input.mutable_data_ptr<scalar_t>(),
+                          geometry_of<index_t>(grad_input),
+                          output_mask[1] ? grad_theta.mutable_data_ptr<scalar_t>() : nullptr,
+                          cfg);
+          };
+          if (fits_int32({grad_output, input, grad_input})) launch(int32_t{0});
+          else launch(int64_t{0});
+        });
+    return {grad_input, grad_theta};
   }
 
   const bool atomic_input_grad = output_mask[0] && !deterministic;
