@@ -1,8 +1,9 @@
 """A small driver of the CUDA kernels for compute-sanitizer (benchmarks/gpu_check.sh): the
 forward kernel, the backward kernel with atomics and the deterministic backward (tap records,
 sort, gather), for each mode and padding, in float32 and float16, on shapes with several blocks
-per image and a partial last block; for the fused op and for the general ops (dense 2-D and 3-D
-grids, 3-D affine maps, bicubic, fill values).
+per image and a partial last block; for the fused op (a small input, which takes the backward
+that stages grad_input in shared memory, and a larger one) and for the general ops (dense 2-D
+and 3-D grids, 3-D affine maps, bicubic, fill values).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_driver.py
 """
@@ -25,11 +26,11 @@ def main() -> None:
     if not torch.cuda.is_available():
         parser.error("no CUDA device is available")
     generator = torch.Generator(device="cuda").manual_seed(0)
-    for (mode, padding_mode, align_corners), dtype, deterministic in itertools.product(
+    for (mode, padding_mode, align_corners), dtype, deterministic, in_size in itertools.product(
             itertools.product(("bilinear", "nearest"), ("zeros", "border", "reflection"),
                               (False, True)),
-            (torch.float32, torch.float16), (False, True)):
-        x = torch.randn(3, 5, 19, 23, device="cuda", dtype=dtype, generator=generator)
+            (torch.float32, torch.float16), (False, True), ((19, 23), (64, 64))):
+        x = torch.randn(3, 5, *in_size, device="cuda", dtype=dtype, generator=generator)
         theta = (torch.eye(2, 3, device="cuda")
                  + 0.3 * torch.randn(3, 2, 3, device="cuda", generator=generator)).to(dtype)
         torch.use_deterministic_algorithms(deterministic)
