@@ -213,9 +213,10 @@ struct RowStencil {
 
   explicit RowStencil(int64_t width)
       : width(width), coord(kDim * width), d_coord(kDim * width), status(width),
-        axis_index(kDim * kAxisTaps * width), axis_offset(kDim * kAxisTaps * width), axis_inside(kDim * kAxisTaps * width),
-        axis_weight(kDim * kAxisTaps * width), axis_d_weight(kDim * kAxisTaps * width),
-        offset(kTaps * width), weight(kTaps * width), mask(width) {}
+        axis_index(kDim * kAxisTaps * width), axis_offset(kDim * kAxisTaps * width),
+        axis_inside(kDim * kAxisTaps * width), axis_weight(kDim * kAxisTaps * width),
+        axis_d_weight(kDim * kAxisTaps * width), offset(kTaps * width), weight(kTaps * width),
+        mask(width) {}
 
   // Where the coordinate source writes the row's normalised coordinates (axis a at [a]).
   std::array<T*, kDim> coordinates() {
@@ -411,7 +412,7 @@ struct RowStencil {
   std::vector<T> coord, d_coord;  // [a][w]: coordinates (normalised, then pixels) and d(pixel)/d(normalised)
   std::vector<int32_t> status;    // PointStatus
   std::vector<int32_t> axis_index;  // [a][k][w]
-  std::vector<int64_t> axis_offset;  // [a][k][w]: axis_index times a stride (flatten's scratch)
+  std::vector<int64_t> axis_offset;  // [a][k][w]: axis_index times a stride (axis_shares)
   std::vector<int32_t> axis_inside;
   std::vector<T> axis_weight, axis_d_weight;
   std::vector<int64_t> offset;  // [k][w], in input planes
@@ -626,12 +627,14 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   const bool want_coordinates = per_image_gradient != nullptr || grid_gradient != nullptr;
   // Nearest sampling is piecewise constant: its coordinate gradient is zero, nothing to compute.
   const bool coordinate_work = want_coordinates && Policy::kMode != Interpolation::Nearest;
+  // Per-tap weight derivatives (weight_derivatives) serve the stencils that are not separable.
+  const bool tap_derivatives = coordinate_work && !kSeparable;
   const bool same_layout = grad_in_ptr != nullptr && gin.stride == in.stride;
 
   at::parallel_for(0, input.size(0), 1, [&](int64_t begin, int64_t end) {
     Row row(width);
     std::vector<int64_t> gin_offset_storage(grad_in_ptr != nullptr && !same_layout ? Row::kTaps * width : 0);
-    std::vector<T> d_weight(coordinate_work ? Row::kTaps * kDim * width : 0);
+    std::vector<T> d_weight(tap_derivatives ? Row::kTaps * kDim * width : 0);
     std::vector<T> g_coord_storage(kDim * width);
     std::array<T*, kDim> g_coord;
     for (int a = 0; a < kDim; ++a) g_coord[a] = g_coord_storage.data() + a * width;
@@ -648,7 +651,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
           row.flatten(gin, gin_offset_storage.data());
           gin_offset = gin_offset_storage.data();
         }
-        if (coordinate_work && !kSeparable) row.weight_derivatives(d_weight.data());
+        if (tap_derivatives) row.weight_derivatives(d_weight.data());
         const scalar_t* g_row = gout_ptr + n * gout.n_stride + gout.offset(pos);
         const scalar_t* in_image = in_ptr + n * in.n_stride;
         grad_in_t* gin_image = grad_in_ptr != nullptr ? grad_in_ptr + n * gin.n_stride : nullptr;
@@ -669,8 +672,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
               grad_offset[k] = gin_offset[k * width + w];
               weight[k] = row.weight[k * width + w];
               for (int a = 0; a < kDim; ++a) {
-                d_w[k][a] = coordinate_work && !kSeparable ? d_weight[(k * kDim + a) * width + w]
-                                                           : T(0);
+                d_w[k][a] = tap_derivatives ? d_weight[(k * kDim + a) * width + w] : T(0);
               }
             }
             // d(loss)/d(pixel coordinate a) = sum over taps k of d_w[k][a] * tap_sum[k], where
@@ -706,13 +708,14 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                 }
               }
             }
-            if (coordinate_work && !kSeparable) {
-              for (int k = 0; k < Row::kTaps; ++k) {
-                for (int a = 0; a < kDim; ++a) g_pixel[a] += d_w[k][a] * tap_sum[k];
+            if (coordinate_work) {
+              if constexpr (kSeparable) {
+                separable_coordinate_gradient(row, w, tap_sum, g_pixel);
+              } else {
+                for (int k = 0; k < Row::kTaps; ++k) {
+                  for (int a = 0; a < kDim; ++a) g_pixel[a] += d_w[k][a] * tap_sum[k];
+                }
               }
-            }
-            if constexpr (kSeparable) {
-              if (coordinate_work) separable_coordinate_gradient(row, w, tap_sum, g_pixel);
             }
             for (int a = 0; a < kDim; ++a) g_pixel[a] *= row.d_coord[a * width + w];
           }
