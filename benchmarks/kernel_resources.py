@@ -1,7 +1,8 @@
 """Registers, stack and local memory of every CUDA kernel in the built extension, read statically
 with `cuobjdump --dump-resource-usage` (no GPU needed): what a kernel costs in occupancy before it
 ever runs. Writes one row per kernel and architecture; summarize.py puts them in RESULTS.md, and
-tests/test_kernel_resources.py fails on new stack or local-memory use.
+tests/test_kernel_resources.py fails on new stack or local-memory use (and reads the kernels'
+machine code through read_sass, to check the instructions they use).
 
     python benchmarks/kernel_resources.py                       # print the table
     python benchmarks/kernel_resources.py --json benchmarks/results/kernels-sm_90.json
@@ -88,6 +89,29 @@ def read_resources(library: Path, cuobjdump: str) -> List[dict]:
     output = subprocess.run([cuobjdump, "--dump-resource-usage", str(library)],
                             capture_output=True, text=True, check=True).stdout
     return resource_rows(output)
+
+
+# "Function : <mangled name>" heads each kernel's code in `cuobjdump -sass` output.
+SASS_FUNCTION = re.compile(r"^\s*Function : (\S+)")
+
+
+def read_sass(library: Path, cuobjdump: str) -> dict:
+    """Each kernel's SASS (`cuobjdump -sass`), by kernel label; the architectures' codes of one
+    kernel are joined."""
+    output = subprocess.run([cuobjdump, "-sass", str(library)], capture_output=True, text=True,
+                            check=True).stdout
+    mangled, code = [], []
+    for line in output.splitlines():
+        if match := SASS_FUNCTION.match(line):
+            mangled.append(match.group(1))
+            code.append([])
+        elif code:
+            code[-1].append(line)
+    sass = {}
+    for name, lines in zip(demangle(mangled), code):
+        label = kernel_label(name)
+        sass[label] = sass.get(label, "") + "\n".join(lines)
+    return sass
 
 
 def build_parser() -> argparse.ArgumentParser:

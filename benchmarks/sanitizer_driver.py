@@ -3,7 +3,9 @@ forward kernel, the backward kernel with atomics and the deterministic backward 
 sort, gather), for each mode and padding, in float32 and float16, on shapes with several blocks
 per image and a partial last block; for the fused op (a small input, which takes the backward
 that stages grad_input in shared memory, and a larger one) and for the general ops (dense 2-D
-and 3-D grids, 3-D affine maps, bicubic, fill values).
+and 3-D grids, 3-D affine maps, bicubic, fill values); and channels_last inputs whose pixels'
+channels are whole 16-byte vectors (float32 and bfloat16, 16 channels), which take the kernels
+with lanes across channels (16-byte accesses, warp shuffles in the general backward).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_driver.py
 """
@@ -55,6 +57,21 @@ def main() -> None:
                    if coords is grid else
                    stn_ext.affine_grid_sample(x.requires_grad_(), coords.requires_grad_(),
                                               (5,) * dims, **args))
+            out.backward(torch.randn_like(out))
+    for dtype, (mode, fill), deterministic in itertools.product(
+            (torch.float32, torch.bfloat16), (("bilinear", None), ("bicubic", 0.5)),
+            (False, True)):
+        x = torch.randn(3, 16, 40, 40, device="cuda", generator=generator).to(
+            dtype=dtype, memory_format=torch.channels_last)
+        grid = 1.2 * (2 * torch.rand(3, 21, 27, 2, device="cuda", generator=generator) - 1)
+        theta = (torch.eye(2, 3, device="cuda")
+                 + 0.3 * torch.randn(3, 2, 3, device="cuda", generator=generator))
+        torch.use_deterministic_algorithms(deterministic)
+        fused = stn_ext.affine_grid_sample(x.requires_grad_(), theta.to(dtype).requires_grad_(),
+                                           (21, 27), mode="bilinear", backend="cuda")
+        general = stn_ext.grid_sample(x, grid.to(dtype).requires_grad_(), mode=mode,
+                                      fill_value=fill, backend="cuda")
+        for out in (fused, general):
             out.backward(torch.randn_like(out))
     torch.use_deterministic_algorithms(False)
     torch.cuda.synchronize()

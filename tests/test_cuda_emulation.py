@@ -5,6 +5,7 @@ per image in any block order, and the number of kernel launches per call. The sh
 import pytest
 import torch
 
+from stn_ext.functional import checked_grid_arguments
 from stn_ext.testing import cuda_emulation
 from _reference import (CONFIG_IDS, CONFIGS, Backend, assert_close, deterministic_mode, grads,
                         make_case, max_abs, random_input, reference, seed_of)
@@ -157,6 +158,61 @@ def test_refuses_non_cpu_tensors():
         cuda_emulation.affine_grid_sample(x, theta)
 
 
+# --- lanes across channels (ChannelSplit, sampling_common.cuh) ---------------------------------
+
+# Channels in one 16-byte vector, by dtype.
+CHANNEL_VECTOR = {torch.float64: 2, torch.float32: 4, torch.float16: 8, torch.bfloat16: 8}
+CHANNEL_LAYOUTS = {  # (channels, channels_last)
+    "channels_last": (16, True),        # whole vectors in every dtype
+    "contiguous": (16, False),          # channel stride is a plane: a thread per pixel
+    "channels_last-C9": (9, True),      # no whole vectors in any dtype
+}
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("dtype", CHANNEL_VECTOR, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("layout", CHANNEL_LAYOUTS.values(), ids=CHANNEL_LAYOUTS.keys())
+def test_lanes_across_channels(layout, dtype, deterministic):
+    """Where every pixel's channels are whole 16-byte vectors (channels_last), each output pixel
+    gets C / vector threads, one vector of channels each, in the forward kernel and the backward
+    kernel that is not staged (an image over 32 KB); elsewhere a thread per pixel. Output and
+    gradients equal the reference either way."""
+    channels, channels_last = layout
+    shape, size = (3, channels, 32, 32), (17, 33)
+    groups = channels // CHANNEL_VECTOR[dtype] if channels_last and channels == 16 else 1
+    x, theta = make_case(EMULATED, shape, size, CONFIGS[0], dtype, seed_of("lanes", channels),
+                         requires_grad=True)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of("lanes-grad"), dtype=dtype)
+    if channels_last:
+        grad_output = grad_output.to(memory_format=torch.channels_last)
+
+    def threads(items):  # one block column per image
+        return -(-items // 256) * 256 * shape[0]
+
+    mode = deterministic_mode() if deterministic else torch.autograd.set_grad_enabled(True)
+    with mode:
+        before = cuda_emulation.launched_threads()
+        out = cuda_emulation.forward_op()(x, theta, *size, *CONFIGS[0].values())
+        assert cuda_emulation.launched_threads() - before == threads(size[0] * size[1] * groups)
+        before = cuda_emulation.launched_threads()
+        _, gx, gth = grads(lambda a, t: cuda_emulation.affine_grid_sample(a, t, size,
+                                                                          **CONFIGS[0]),
+                           x, theta, grad_output)
+        backward = threads(size[0] * size[1] * groups)
+        if deterministic:  # and the gather, a thread per input pixel
+            backward += threads(shape[2] * shape[3])
+        # (the forward that grads() runs first, then the backward)
+        assert (cuda_emulation.launched_threads() - before
+                == threads(size[0] * size[1] * groups) + backward)
+    ref, rgx, rgth = grads(lambda a, t: reference(a, t, size, **CONFIGS[0]), x, theta,
+                           grad_output)
+    assert_close(out, ref, dtype, "output")
+    assert_close(gx, rgx, dtype, "grad input", scale=max_abs(rgx))
+    assert_close(gth, rgth, dtype, "grad theta", scale=max_abs(rgth))
+
+
 # --- the general ops' kernels (csrc/cuda/grid_sample_cuda.cu) ----------------------------------
 
 GENERAL_CASES = {  # (mode, dims, fill)
@@ -201,6 +257,77 @@ def test_general_launch_geometry(case, deterministic):
              "affine output", "affine grad input", "grad theta"]
     for g, w, what in zip(got, want, names):
         assert_close(g, w, torch.float64, what, scale=max_abs(w))
+
+
+GENERAL_LANE_CASES = {  # (mode, dims, fill, channels): channels_last(_3d) inputs
+    "bilinear-2d": ("bilinear", 2, None, 16),
+    "bicubic-2d-fill": ("bicubic", 2, "per-channel", 16),
+    "nearest-3d-fill": ("nearest", 3, "per-channel", 16),
+    "trilinear-3d": ("bilinear", 3, None, 16),
+    # 6 groups a point: the forward splits channels, the backward (whose shuffles need a power
+    # of two) takes a thread per point.
+    "bilinear-2d-C24": ("bilinear", 2, None, 24),
+}
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("dtype", CHANNEL_VECTOR, ids=lambda d: str(d).split(".")[1])
+@pytest.mark.parametrize("case", GENERAL_LANE_CASES.values(), ids=GENERAL_LANE_CASES.keys())
+def test_general_lanes_across_channels(case, dtype, deterministic):
+    """The general ops on channels_last inputs whose pixels hold whole 16-byte vectors: C / vector
+    threads per output point in the forward and (where that is a power of two up to a warp) the
+    backward, which sums the point's coordinate gradient over its lanes by warp shuffles. Output,
+    grad input, grad grid and grad theta equal the CPU kernels', with and without a fill."""
+    mode, dims, fill, channels = case
+    out_size = (9, 30) if dims == 2 else (3, 5, 20)
+    shape = (2, channels, *([5] * dims))
+    memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
+    seed = seed_of("general-lanes", mode, dims, channels)
+    x = random_input(shape, seed=seed, dtype=dtype).to(memory_format=memory_format)
+    x.requires_grad_()
+    gen = torch.Generator().manual_seed(seed)
+    grid = ((torch.rand(2, *out_size, dims, generator=gen) * 2 - 1) * 1.2).to(dtype)
+    grid.requires_grad_()
+    theta = (torch.eye(dims, dims + 1) + 0.3 * torch.randn(2, dims, dims + 1, generator=gen))
+    theta = theta.to(dtype).requires_grad_()
+    grad_output = random_input((*shape[:2], *out_size), seed=seed + 1, dtype=dtype)
+    grad_output = grad_output.to(memory_format=memory_format)
+    fill_value = (torch.linspace(-2, 2, channels, dtype=torch.float64).tolist()
+                  if fill == "per-channel" else None)
+    config = dict(mode=mode, padding_mode="zeros", align_corners=False, fill_value=fill_value)
+    points = out_size[0] * out_size[1] * (out_size[2] if dims == 3 else 1)
+    vector = CHANNEL_VECTOR[dtype]
+    forward_groups = channels // vector
+    backward_groups = forward_groups if forward_groups & (forward_groups - 1) == 0 else 1
+
+    def threads(items):  # one block column per image
+        return -(-items // 256) * 256 * shape[0]
+
+    cpu = Backend("cpu", "cpu")
+    want = (grads(lambda a, g: cpu.grid_sample(a, g, **config), x, grid, grad_output)
+            + grads(lambda a, t: cpu.affine_sample(a, t, out_size, **config), x, theta,
+                    grad_output))
+    mode_ctx = deterministic_mode() if deterministic else torch.autograd.set_grad_enabled(True)
+    with mode_ctx:
+        before = cuda_emulation.launched_threads()
+        cuda_emulation.grid_sample(x, grid, **config)
+        assert cuda_emulation.launched_threads() - before == threads(points * forward_groups)
+        if not deterministic:  # (the deterministic backward adds a gather kernel)
+            ops = getattr(torch.ops, cuda_emulation.NAMESPACE)
+            args = checked_grid_arguments(x.detach(), grid.detach(), **config)
+            before = cuda_emulation.launched_threads()
+            ops.grid_sample_backward(grad_output, args[0], args[1], mode, "zeros", False, args[2],
+                                     [True, True])
+            assert (cuda_emulation.launched_threads() - before
+                    == threads(points * backward_groups))
+        got = (grads(lambda a, g: cuda_emulation.grid_sample(a, g, **config), x, grid,
+                     grad_output)
+               + grads(lambda a, t: cuda_emulation.affine_sample(a, t, out_size, **config), x,
+                       theta, grad_output))
+    names = ["grid output", "grid grad input", "grad grid",
+             "affine output", "affine grad input", "grad theta"]
+    for g, w, what in zip(got, want, names):
+        assert_close(g, w, dtype, what, scale=max_abs(w))
 
 
 # Launches per call of the general ops: as the fused op's (LAUNCHES).

@@ -23,7 +23,6 @@ KNOWN_STACK_USE = {
     r"gather_input_grad_kernel<\w+, 2>": "2-D record gather (16 bytes)",
     r"sample_(forward|backward)_kernel<\w+, 3, LinearPolicy": "trilinear: 8 taps' arrays",
     r"sample_backward_kernel<\w+, 2, NearestPolicy, AffineMapSource": "theta reduction (8 bytes)",
-    r"sample_forward_kernel<float, 3, NearestPolicy, DenseGridSource": "8 bytes",
 }
 
 CUOBJDUMP_SAMPLE = """
@@ -53,12 +52,16 @@ def test_parses_cuobjdump_output():
                                               "gather_input_grad_kernel<double, 3>"]
 
 
-def _built_kernels():
+def _cuobjdump():
     has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("stn_ext::grid_sample", "CUDA")
     cuobjdump = kernel_resources.find_cuobjdump()
     if not has_cuda or cuobjdump is None:
         pytest.skip("needs the extension built with its CUDA kernels, and cuobjdump")
-    return kernel_resources.read_resources(kernel_resources.extension_path(), cuobjdump)
+    return cuobjdump
+
+
+def _built_kernels():
+    return kernel_resources.read_resources(kernel_resources.extension_path(), _cuobjdump())
 
 
 def test_no_new_stack_or_local_memory():
@@ -72,3 +75,35 @@ def test_no_new_stack_or_local_memory():
     stale = [pattern for pattern in KNOWN_STACK_USE
              if not any(re.match(pattern, r["kernel"]) for r in with_stack)]
     assert not stale, f"no longer use a stack (remove from KNOWN_STACK_USE): {stale}"
+
+
+# Channels in one 16-byte vector (sampling_common.cuh's kChannelVector), by dtype as kernel
+# labels spell it.
+CHANNEL_VECTOR_KERNELS = {"double": 2, "float": 4, "Half": 8, "BFloat16": 8}
+
+
+def test_lanes_across_channels_use_16_byte_accesses():
+    """The kernels with lanes across channels (kVec > 1: sampling_common.cuh's ChannelSplit) load
+    16 bytes per instruction (LDG.E.128 in SASS) and the forward kernels store so too (STG.E.128),
+    in the fused op and in the general ops, for every mode, rank and coordinate source; the
+    kernels of a thread per pixel do neither."""
+    sass = kernel_resources.read_sass(kernel_resources.extension_path(), _cuobjdump())
+    vector_kernels = [label for label in sass
+                      if re.search(r"_kernel<(\w+), .*\b(\d+)>$", label)
+                      and label.startswith(("forward_kernel<", "backward_kernel<",
+                                            "sample_forward_kernel<", "sample_backward_kernel<"))]
+    checked = 0
+    for label in vector_kernels:
+        dtype, vec = re.search(r"_kernel<(\w+), .*\b(\d+)>$", label).groups()
+        code = sass[label]
+        if int(vec) == 1:
+            assert not re.search(r"[LS]TG\.E\.128", code), label
+            continue
+        assert int(vec) == CHANNEL_VECTOR_KERNELS[dtype], label
+        assert re.search(r"LDG\.E\.128", code), label
+        if "forward" in label:
+            assert re.search(r"STG\.E\.128", code), label
+        checked += 1
+    # fused: 4 dtypes x 2 index types x forward/backward; general: 4 dtypes x 2 sources x
+    # (nearest, bilinear, bicubic in 2-D; nearest, trilinear in 3-D) x forward/backward
+    assert checked == 16 + 80

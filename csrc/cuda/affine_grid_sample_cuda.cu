@@ -1,4 +1,6 @@
-// CUDA kernels of stn_ext::affine_grid_sample: one thread per output pixel, looping channels.
+// CUDA kernels of stn_ext::affine_grid_sample: one thread per output pixel, looping channels,
+// or, where channels are innermost in whole 16-byte vectors (channels_last), one per (pixel,
+// vector of channels) (sampling_common.cuh's ChannelSplit).
 // The forward pass is a pure gather. The backward pass reduces grad_theta per block into
 // fixed-order partials (deterministic), and gets grad_input one of two ways: atomics (fast, not
 // deterministic), or, under torch.use_deterministic_algorithms(True), tap records sorted by
@@ -111,15 +113,19 @@ __device__ inline SourcePoint<T> source_point_of(const Affine<T>& a, int64_t h, 
   return source_point(a, *base_x, *base_y, in_h, in_w, cfg);
 }
 
-template <typename scalar_t, typename index_t>
+// One thread per (output pixel, group of kVec channels) (ChannelSplit).
+template <typename scalar_t, typename index_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ input, Geometry<index_t> in,
                    const scalar_t* __restrict__ theta, ThetaStrides ts,
                    scalar_t* __restrict__ output, Geometry<index_t> out, SampleConfig cfg) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (pixel >= static_cast<int64_t>(out.h) * out.w) return;
-  const index_t h = static_cast<index_t>(pixel / out.w), w = static_cast<index_t>(pixel % out.w);
+  const ChannelSplit<kVec> split(in.c);
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (item >= split.items(static_cast<int64_t>(out.h) * out.w)) return;
+  const ChannelWork<index_t> work = split.work(item, in.c);
+  const index_t h = static_cast<index_t>(work.point / out.w);
+  const index_t w = static_cast<index_t>(work.point % out.w);
   for (int64_t n = blockIdx.y; n < out.n; n += gridDim.y) {
     const Affine<T> a = Affine<T>::load(theta + n * ts.n, ts.row, ts.col);
     T base_x, base_y;
@@ -128,17 +134,28 @@ __global__ void __launch_bounds__(kThreads)
     const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
     const scalar_t* src = input + n * in.sn;
     scalar_t* dst = output + n * out.sn + h * out.sh + w * out.sw;
-    for (index_t c = 0; c < in.c; ++c) {
+    for (index_t c = work.begin; c < work.end; c += kVec) {
       // The first tap's term starts the sum (no 0 + ...), so that nearest copies -0.0 exactly.
-      T acc = t.valid[0] ? t.weight[0] * T(src[t.offset[0]]) : T(0);
+      T acc[kVec];
+      const Pack<scalar_t, kVec> first = load_pack<kVec>(src + c * in.sc + t.offset[0]);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) acc[j] = t.valid[0] ? t.weight[0] * T(first.v[j]) : T(0);
       // Every tap index a constant (taps past the count are skipped): the arrays stay in
-      // registers, where a run-time index would put them on the stack.
+      // registers, where a run-time index would put them on the stack. (An invalid tap has
+      // offset 0: its load is in bounds, its value unused.)
 #pragma unroll
       for (int k = 1; k < kMaxTaps; ++k) {
-        if (k < t.count) acc += t.valid[k] ? t.weight[k] * T(src[t.offset[k]]) : T(0);
+        if (k >= t.count) continue;
+        const Pack<scalar_t, kVec> tap = load_pack<kVec>(src + c * in.sc + t.offset[k]);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[j] += t.valid[k] ? t.weight[k] * T(tap.v[j]) : T(0);
       }
-      dst[c * out.sc] = static_cast<scalar_t>(t.undefined ? quiet_nan<T>() : acc);
-      src += in.sc;
+      Pack<scalar_t, kVec> result;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        result.v[j] = static_cast<scalar_t>(t.undefined ? quiet_nan<T>() : acc[j]);
+      }
+      store_pack<kVec>(dst + c * out.sc, result);
     }
   }
 }
@@ -153,33 +170,45 @@ struct InputGradSink {
   T* record_weight;
 };
 
-// The channel loop of one output point's backward pass (taps t at input's strides, grad_output
-// at go): calls add_input_grad(c, k, weight_k * g) for each valid tap k of each channel c if
-// want_input, and sums d(loss)/d(ix, iy) over the channels into (g_ix, g_iy) if want_theta.
-// A point with no tap in the image adds nothing, even where grad_output is not finite (ATen
-// skips such taps too).
-template <typename T, typename scalar_t, typename index_t, typename AddInputGrad>
+// The channel loop of one output point's backward pass over channels [c_begin, c_end), kVec at a
+// time (taps t at input's strides, grad_output at go): calls add_input_grad(c, k, weight_k * g)
+// for each valid tap k of each channel c if want_input, and sums d(loss)/d(ix, iy) over the
+// channels into (g_ix, g_iy) if want_theta. A point with no tap in the image adds nothing, even
+// where grad_output is not finite (ATen skips such taps too).
+template <int kVec, typename T, typename scalar_t, typename index_t, typename AddInputGrad>
 __device__ inline void backward_channels(const DeviceTaps<T, index_t>& t, const scalar_t* go,
                                          index_t go_sc, const scalar_t* src, index_t src_sc,
-                                         index_t channels, bool want_input, bool want_theta,
-                                         AddInputGrad add_input_grad, T* g_ix, T* g_iy) {
+                                         index_t c_begin, index_t c_end, bool want_input,
+                                         bool want_theta, AddInputGrad add_input_grad, T* g_ix,
+                                         T* g_iy) {
   const bool contributes = t.any_valid();
-  for (index_t c = 0; contributes && c < channels; ++c) {
-    const T g = T(go[c * go_sc]);
+  for (index_t c = c_begin; contributes && c < c_end; c += kVec) {
+    const Pack<scalar_t, kVec> g = load_pack<kVec>(go + c * go_sc);
     if (want_input) {
 #pragma unroll
       for (int k = 0; k < kMaxTaps; ++k) {  // (taps past the count are not valid)
-        if (t.valid[k]) add_input_grad(c, k, t.weight[k] * g);
+        if (!t.valid[k]) continue;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) add_input_grad(c + j, k, t.weight[k] * T(g.v[j]));
       }
     }
     if (want_theta) {
-      T v[4];
+      Pack<scalar_t, kVec> v[4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = t.valid[k] ? T(src[c * src_sc + t.offset[k]]) : T(0);
-      T d_ix, d_iy;
-      bilinear_coord_grad(t.stencil, v[0], v[1], v[2], v[3], &d_ix, &d_iy);
-      *g_ix += g * d_ix;
-      *g_iy += g * d_iy;
+      for (int k = 0; k < 4; ++k) {
+        v[k] = t.valid[k] ? load_pack<kVec>(src + c * src_sc + t.offset[k]) : Pack<scalar_t, kVec>{};
+      }
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        T value[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) value[k] = t.valid[k] ? T(v[k].v[j]) : T(0);
+        T d_ix, d_iy;
+        bilinear_coord_grad(t.stencil, value[0], value[1], value[2], value[3], &d_ix, &d_iy);
+        const T gj = T(g.v[j]);
+        *g_ix += gj * d_ix;
+        *g_iy += gj * d_iy;
+      }
     }
   }
 }
@@ -201,9 +230,11 @@ __device__ inline void add_point_theta_grad(const DeviceTaps<T, index_t>& t,
   for (int k = 0; k < 6; ++k) tg[k] += acc.g[k];
 }
 
-// grad_in_t is the opmath type (atomics on a float buffer are both faster and more accurate
-// than on half); the host casts it back.
-template <typename scalar_t, typename index_t>
+// One thread per (output pixel, group of kVec channels) (ChannelSplit); every thread of a block
+// adds its share of the pixels' theta gradients to the block's partial. grad_in_t is the opmath
+// type (atomics on a float buffer are both faster and more accurate than on half); the host
+// casts it back.
+template <typename scalar_t, typename index_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
                     const scalar_t* __restrict__ input, Geometry<index_t> in,
@@ -211,11 +242,13 @@ __global__ void __launch_bounds__(kThreads)
                     InputGradSink<at::opmath_type<scalar_t>> sink, Geometry<index_t> gin,
                     at::opmath_type<scalar_t>* __restrict__ theta_partials, SampleConfig cfg) {
   using T = at::opmath_type<scalar_t>;
-  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const ChannelSplit<kVec> split(in.c);
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t pixels = static_cast<int64_t>(gout.h) * gout.w;
-  const bool active = pixel < pixels;
-  const index_t h = active ? static_cast<index_t>(pixel / gout.w) : 0;
-  const index_t w = active ? static_cast<index_t>(pixel % gout.w) : 0;
+  const bool active = item < split.items(pixels);
+  const ChannelWork<index_t> work = split.work(active ? item : 0, in.c);
+  const int64_t pixel = work.point;
+  const index_t h = static_cast<index_t>(pixel / gout.w), w = static_cast<index_t>(pixel % gout.w);
   const bool want_theta = theta_partials != nullptr && cfg.mode == Interpolation::Bilinear;
 
   for (int64_t n = blockIdx.y; n < gout.n; n += gridDim.y) {
@@ -226,7 +259,7 @@ __global__ void __launch_bounds__(kThreads)
       const SourcePoint<T> p =
           source_point_of(a, h, w, gout.h, gout.w, in.h, in.w, cfg, &base_x, &base_y);
       const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
-      if (sink.record_key != nullptr) {
+      if (sink.record_key != nullptr && work.begin == 0) {  // a pixel's records, written once
         const int64_t first = (n * pixels + pixel) * kMaxTaps;
         const int64_t plane = static_cast<int64_t>(in.h) * in.w;
 #pragma unroll
@@ -239,9 +272,9 @@ __global__ void __launch_bounds__(kThreads)
           sink.atomic_sum != nullptr ? taps_of(p, cfg, gin) : t;
       T* dst = sink.atomic_sum == nullptr ? nullptr : sink.atomic_sum + n * gin.sn;
       T g_ix = T(0), g_iy = T(0);
-      backward_channels(
+      backward_channels<kVec>(
           t, grad_output + n * gout.sn + h * gout.sh + w * gout.sw, gout.sc, input + n * in.sn,
-          in.sc, gout.c, dst != nullptr, want_theta,
+          in.sc, work.begin, work.end, dst != nullptr, want_theta,
           [&](index_t c, int k, T value) { gpuAtomicAdd(dst + c * gin.sc + gt.offset[k], value); },
           &g_ix, &g_iy);
       if (want_theta) add_point_theta_grad(t, p, g_ix, g_iy, base_x, base_y, tg);
@@ -294,9 +327,9 @@ __global__ void __launch_bounds__(kThreads)
           source_point_of(a, h, w, gout.h, gout.w, in.h, in.w, cfg, &base_x, &base_y);
       const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
       T g_ix = T(0), g_iy = T(0);
-      backward_channels(
+      backward_channels<1>(
           t, grad_output + n * gout.sn + h * gout.sh + w * gout.sw, gout.sc, input + n * in.sn,
-          in.sc, gout.c, /*want_input=*/true, want_theta,
+          in.sc, index_t{0}, gout.c, /*want_input=*/true, want_theta,
           [&](index_t c, int k, T value) {
             gpuAtomicAdd(staged + c * plane + static_cast<index_t>(t.pixel[k]), value);
           },
@@ -345,18 +378,23 @@ at::Tensor affine_grid_sample_cuda(const at::Tensor& input, const at::Tensor& th
   at::Tensor output = at::empty({input.size(0), input.size(1), out_h, out_w},
                                 input.options().memory_format(output_memory_format(input)));
   if (output.numel() == 0) return output;
-  const dim3 grid = grid_for(out_h * out_w, input.size(0));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_cuda", [&] {
-        auto launch = [&](auto index_zero) {
+        auto launch = [&](auto index_zero, auto vec) {
           using index_t = decltype(index_zero);
-          launch_kernel(forward_kernel<scalar_t, index_t>, grid, kThreads, stream,
-                        input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
-                        theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
-                        output.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(output), cfg);
+          constexpr int kVec = decltype(vec)::value;
+          launch_kernel(forward_kernel<scalar_t, index_t, kVec>,
+                        grid_for(ChannelSplit<kVec>(input.size(1)).items(out_h * out_w),
+                                 input.size(0)),
+                        kThreads, stream, input.const_data_ptr<scalar_t>(),
+                        geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
+                        strides_of_theta(theta), output.mutable_data_ptr<scalar_t>(),
+                        geometry_of<index_t>(output), cfg);
         };
-        if (fits_int32({input, output})) launch(int32_t{0}); else launch(int64_t{0});
+        with_channel_vector<scalar_t>(channel_vector_width<scalar_t>({input, output}), [&](auto vec) {
+          if (fits_int32({input, output})) launch(int32_t{0}, vec); else launch(int64_t{0}, vec);
+        });
       });
   return output;
 }
@@ -414,31 +452,38 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
       ? at::empty({batch * pixels * kMaxTaps}, input.options().dtype(at::kLong)) : at::Tensor();
   at::Tensor record_weight = recorded_input_grad
       ? at::empty({batch * pixels * kMaxTaps}, input.options().dtype(opmath)) : at::Tensor();
-  const dim3 grid = grid_for(pixels, batch);
-  at::Tensor partials = output_mask[1]
-      ? at::empty({batch, static_cast<int64_t>(grid.x), 6}, input.options().dtype(opmath))
-      : at::Tensor();
-  at::Tensor grad_input;
+  at::Tensor partials, grad_input;
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
         using T = at::opmath_type<scalar_t>;
-        auto launch = [&](auto index_zero) {
+        auto launch = [&](auto index_zero, auto vec) {
           using index_t = decltype(index_zero);
+          constexpr int kVec = decltype(vec)::value;
+          const dim3 grid = grid_for(ChannelSplit<kVec>(input.size(1)).items(pixels), batch);
+          if (output_mask[1]) {
+            partials = at::empty({batch, static_cast<int64_t>(grid.x), 6},
+                                 input.options().dtype(opmath));
+          }
           const InputGradSink<T> sink{
               atomic_input_grad ? atomic_sum.mutable_data_ptr<T>() : nullptr,
               recorded_input_grad ? record_key.mutable_data_ptr<int64_t>() : nullptr,
               recorded_input_grad ? record_weight.mutable_data_ptr<T>() : nullptr};
-          launch_kernel(backward_kernel<scalar_t, index_t>, grid, kThreads, stream,
+          launch_kernel(backward_kernel<scalar_t, index_t, kVec>, grid, kThreads, stream,
                         grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
                         input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
                         theta.const_data_ptr<scalar_t>(), strides_of_theta(theta), sink,
                         geometry_of<index_t>(atomic_input_grad ? atomic_sum : input),
                         output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr, cfg);
         };
-        if (fits_int32({grad_output, input, atomic_sum})) launch(int32_t{0});
-        else launch(int64_t{0});
+        // (grad_input's atomics go to atomic_sum, of input's layout: per channel, so they need
+        // no vector of their own.)
+        const int vector_width = channel_vector_width<scalar_t>({grad_output, input});
+        with_channel_vector<scalar_t>(vector_width, [&](auto vec) {
+          if (fits_int32({grad_output, input, atomic_sum})) launch(int32_t{0}, vec);
+          else launch(int64_t{0}, vec);
+        });
       });
 
   if (recorded_input_grad) {

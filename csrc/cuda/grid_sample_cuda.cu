@@ -2,7 +2,8 @@
 // and stn_ext::affine_sample (2-D or 3-D affine maps), every mode, padding and fill value.
 //
 // The parts are those of the CPU kernels (csrc/cpu/grid_sample_cpu.cpp), one output point per
-// thread:
+// thread, or, where channels are innermost in whole 16-byte vectors, one per (point, vector of
+// channels) (sampling_common.cuh's ChannelSplit):
 // - a coordinate source (DenseGridSource, AffineMapSource) gives the point's normalised source
 //   coordinates and takes their gradient back: written per point to grad_grid, or reduced to
 //   theta per block in a fixed order (block_sum), then over blocks by the host;
@@ -206,8 +207,9 @@ __device__ inline int64_t offset_at(const int64_t (&pos)[kDim], const int64_t (&
   return o;
 }
 
-// fill: one value per channel in the compute type, or nullptr (taps outside read zero).
-template <typename scalar_t, int kDim, typename Policy, typename Source>
+// One thread per (output point, group of kVec channels) (ChannelSplit). fill: one value per
+// channel in the compute type, or nullptr (taps outside read zero).
+template <typename scalar_t, int kDim, typename Policy, typename Source, int kVec>
 __global__ void __launch_bounds__(kThreads)
     sample_forward_kernel(const scalar_t* __restrict__ input, PointGeometry<kDim> in,
                           Source source, const at::opmath_type<scalar_t>* __restrict__ fill,
@@ -215,10 +217,12 @@ __global__ void __launch_bounds__(kThreads)
                           SampleConfig cfg) {
   using T = at::opmath_type<scalar_t>;
   using Stencil = PointStencil<kDim, Policy, T>;
-  const int64_t point = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (point >= out.points()) return;
+  const ChannelSplit<kVec> split(in.c);
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (item >= split.items(out.points())) return;
+  const ChannelWork<int64_t> work = split.work(item, in.c);
   int64_t pos[kDim];
-  position_of(point, out, pos);
+  position_of(work.point, out, pos);
   const int64_t out_offset = offset_at(pos, out.stride);
   for (int64_t n = blockIdx.y; n < out.n; n += gridDim.y) {
     T xyz[kDim];
@@ -226,10 +230,15 @@ __global__ void __launch_bounds__(kThreads)
     const Stencil s = Stencil::at(xyz, in.size, cfg);
     scalar_t* dst = output + n * out.sn + out_offset;
     if (s.status != kHasTaps) {
-      for (int64_t c = 0; c < out.c; ++c) {
-        dst[c * out.sc] = static_cast<scalar_t>(s.status == kUndefined ? quiet_nan<T>()
-                                                : fill != nullptr      ? fill[c]
-                                                                       : T(0));
+      for (int64_t c = work.begin; c < work.end; c += kVec) {
+        Pack<scalar_t, kVec> result;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          result.v[j] = static_cast<scalar_t>(s.status == kUndefined ? quiet_nan<T>()
+                                              : fill != nullptr      ? fill[c + j]
+                                                                     : T(0));
+        }
+        store_pack<kVec>(dst + c * out.sc, result);
       }
       continue;
     }
@@ -242,17 +251,26 @@ __global__ void __launch_bounds__(kThreads)
       offset[k] = inside[k] ? s.offset(k, in.stride) : 0;
       weight[k] = s.weight(k);
     }
-    const scalar_t* plane = input + n * in.sn;
-    for (int64_t c = 0; c < out.c; ++c, plane += in.sc) {
+    const scalar_t* image = input + n * in.sn;
+    for (int64_t c = work.begin; c < work.end; c += kVec) {
+      T acc[kVec];
       // Taps outside read the fill value or zero. The first tap's term starts the sum (no
       // 0 + ...), so that nearest copies -0.0 exactly.
-      const T outside_value = fill != nullptr ? fill[c] : T(0);
-      T acc = weight[0] * (inside[0] ? T(plane[offset[0]]) : outside_value);
 #pragma unroll
-      for (int k = 1; k < Stencil::kTaps; ++k) {
-        acc += weight[k] * (inside[k] ? T(plane[offset[k]]) : outside_value);
+      for (int k = 0; k < Stencil::kTaps; ++k) {
+        const Pack<scalar_t, kVec> tap = inside[k]
+            ? load_pack<kVec>(image + c * in.sc + offset[k]) : Pack<scalar_t, kVec>{};
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          const T outside_value = fill != nullptr ? fill[c + j] : T(0);
+          const T term = weight[k] * (inside[k] ? T(tap.v[j]) : outside_value);
+          acc[j] = k == 0 ? term : acc[j] + term;
+        }
       }
-      dst[c * out.sc] = static_cast<scalar_t>(acc);
+      Pack<scalar_t, kVec> result;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) result.v[j] = static_cast<scalar_t>(acc[j]);
+      store_pack<kVec>(dst + c * out.sc, result);
     }
   }
 }
@@ -276,7 +294,11 @@ struct CoordinateGradSink {
   at::opmath_type<scalar_t>* theta_partials;
 };
 
-template <typename scalar_t, int kDim, typename Policy, typename Source>
+// One thread per (output point, group of kVec channels) (ChannelSplit). With several groups
+// per point (a power of two up to a warp: backward_channel_vector_width), a point's groups are
+// consecutive lanes of one warp, and their shares of the coordinate gradient are summed by
+// shuffles in a fixed order; the first group's thread writes it.
+template <typename scalar_t, int kDim, typename Policy, typename Source, int kVec>
 __global__ void __launch_bounds__(kThreads)
     sample_backward_kernel(const scalar_t* __restrict__ grad_output, PointGeometry<kDim> gout,
                            const scalar_t* __restrict__ input, PointGeometry<kDim> in,
@@ -287,11 +309,16 @@ __global__ void __launch_bounds__(kThreads)
   using Stencil = PointStencil<kDim, Policy, T>;
   constexpr int kTaps = Stencil::kTaps;
   constexpr int kSourceValues = Source::kPerImageGradient ? kDim * (kDim + 1) : 1;
+  const ChannelSplit<kVec> split(in.c);
   const int64_t points = gout.points();
-  const int64_t point = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const bool active = point < points;  // every thread takes part in the block sums
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  // Every thread takes part in the shuffles and block sums.
+  const bool active = item < split.items(points);
+  const ChannelWork<int64_t> work = split.work(active ? item : 0, in.c);
+  const int64_t point = work.point;
+  const bool first_group = active && work.begin == 0;  // writes the point's own results
   int64_t pos[kDim];
-  position_of(active ? point : 0, gout, pos);
+  position_of(point, gout, pos);
   const int64_t gout_offset = offset_at(pos, gout.stride);
   const int64_t plane = in.points();
   const bool want_coordinates =
@@ -305,7 +332,7 @@ __global__ void __launch_bounds__(kThreads)
       T xyz[kDim];
       source.coordinates(n, pos, xyz);
       const Stencil s = Stencil::at(xyz, in.size, cfg);
-      if (input_sink.record_key != nullptr) {
+      if (input_sink.record_key != nullptr && first_group) {
         const int64_t first = (n * points + point) * kTaps;
 #pragma unroll
         for (int k = 0; k < kTaps; ++k) {
@@ -334,17 +361,28 @@ __global__ void __launch_bounds__(kThreads)
           in_offset[k] = inside[k] ? s.offset(k, in.stride) : 0;
           gin_offset[k] = inside[k] && dst != nullptr ? s.offset(k, input_sink.gin.stride) : 0;
         }
-        for (int64_t c = 0; c < gout.c; ++c) {
-          const T g = T(go[c * gout.sc]);
+        for (int64_t c = work.begin; c < work.end; c += kVec) {
+          const Pack<scalar_t, kVec> g = load_pack<kVec>(go + c * gout.sc);
 #pragma unroll
           for (int k = 0; k < kTaps; ++k) {
             if (dst != nullptr && inside[k]) {
-              gpuAtomicAdd(dst + c * input_sink.gin.sc + gin_offset[k], weight[k] * g);
+#pragma unroll
+              for (int j = 0; j < kVec; ++j) {
+                gpuAtomicAdd(dst + (c + j) * input_sink.gin.sc + gin_offset[k],
+                             weight[k] * T(g.v[j]));
+              }
             }
             // Without a fill, taps outside read zero and add nothing, even where g is not
             // finite (as ATen, which skips them).
             if (!coordinate_work || (!inside[k] && fill == nullptr)) continue;
-            const T gv = g * (inside[k] ? T(src[c * in.sc + in_offset[k]]) : fill[c]);
+            const Pack<scalar_t, kVec> tap = inside[k]
+                ? load_pack<kVec>(src + c * in.sc + in_offset[k]) : Pack<scalar_t, kVec>{};
+            T gv = T(0);  // the kVec channels' incoming gradients times the tap's values
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) {
+              const T term = T(g.v[j]) * (inside[k] ? T(tap.v[j]) : fill[c + j]);
+              gv = j == 0 ? term : gv + term;
+            }
 #pragma unroll
             for (int a = 0; a < kDim; ++a) g_coord[a] += gv * s.d_weight(k, a);
           }
@@ -352,6 +390,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int a = 0; a < kDim; ++a) g_coord[a] *= s.d_coord[a];
       }
+    }
+    if constexpr (kVec > 1) {
+      const int groups = static_cast<int>(split.groups);
+      for (int delta = groups / 2; delta > 0; delta /= 2) {
+#pragma unroll
+        for (int a = 0; a < kDim; ++a) {
+          g_coord[a] += __shfl_down_sync(0xffffffff, g_coord[a], delta, groups);
+        }
+      }
+    }
+    if (first_group) {
       if (coordinate_sink.grad_grid != nullptr) {
         scalar_t* gg = coordinate_sink.grad_grid + (n * points + point) * kDim;
 #pragma unroll
@@ -361,7 +410,7 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (Source::kPerImageGradient) {
       if (coordinate_sink.theta_partials != nullptr) {
         T g_theta[kSourceValues] = {};
-        if (active) source.add_gradient(pos, g_coord, g_theta);
+        if (first_group) source.add_gradient(pos, g_coord, g_theta);
         block_sum(g_theta);
         if (threadIdx.x == 0) {
           T* out = coordinate_sink.theta_partials + (n * gridDim.x + blockIdx.x) * kSourceValues;
@@ -371,6 +420,15 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+}
+
+// The channel vector width of sample_backward_kernel: channel_vector_width's where a point's
+// channel groups are a power of two up to a warp (their shuffles stay within one warp), else 1.
+template <typename scalar_t>
+int backward_channel_vector_width(const at::Tensor& grad_output, const at::Tensor& input) {
+  const int width = channel_vector_width<scalar_t>({grad_output, input});
+  const int64_t groups = input.size(1) / width;
+  return width > 1 && groups <= 32 && (groups & (groups - 1)) == 0 ? width : 1;
 }
 
 // The fill values in the kernels' compute type (a device tensor), or an undefined tensor.
@@ -403,11 +461,14 @@ at::Tensor sample(Cuda, const at::Tensor& input, at::IntArrayRef out_size, const
       constexpr int kDim = decltype(dim)::value;
       const auto out = PointGeometry<kDim>::of(output);
       const auto source = make_source(dim, scalar_t{}, out);
-      launch_kernel(sample_forward_kernel<scalar_t, kDim, decltype(policy), decltype(source)>,
-                    grid_for(out.points(), out.n), kThreads, stream,
-                    input.const_data_ptr<scalar_t>(), PointGeometry<kDim>::of(input), source,
-                    data_or_null<T>(fill_of_channel), output.mutable_data_ptr<scalar_t>(), out,
-                    cfg);
+      with_channel_vector<scalar_t>(channel_vector_width<scalar_t>({input, output}), [&](auto vec) {
+        constexpr int kVec = decltype(vec)::value;
+        launch_kernel(
+            sample_forward_kernel<scalar_t, kDim, decltype(policy), decltype(source), kVec>,
+            grid_for(ChannelSplit<kVec>(input.size(1)).items(out.points()), out.n), kThreads,
+            stream, input.const_data_ptr<scalar_t>(), PointGeometry<kDim>::of(input), source,
+            data_or_null<T>(fill_of_channel), output.mutable_data_ptr<scalar_t>(), out, cfg);
+      });
     });
   });
   return output;
@@ -439,17 +500,13 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const bool atomic_input_grad = output_mask[0] && !deterministic;
   const bool recorded_input_grad = output_mask[0] && deterministic;
-  const dim3 grid = grid_for(points, batch);
   at::Tensor atomic_sum = atomic_input_grad
       ? at::zeros_like(input, input.options().dtype(opmath), layout) : at::Tensor();
   at::Tensor record_key, record_weight;
   // Every element of these is written by the kernel.
   at::Tensor grad_grid = output_mask[1] && !per_image
       ? at::empty(coordinates.sizes(), coordinates.options()) : at::Tensor();
-  at::Tensor theta_partials = output_mask[1] && per_image
-      ? at::empty({batch, static_cast<int64_t>(grid.x), dims * (dims + 1)},
-                  input.options().dtype(opmath))
-      : at::Tensor();
+  at::Tensor theta_partials;  // (batch, blocks per image, theta size), once the grid is known
   const at::Tensor fill_of_channel = fill_values(fill, input);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   int taps_per_point = 0;
@@ -474,14 +531,23 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
               PointGeometry<kDim>::of(atomic_input_grad ? atomic_sum : input),
               recorded_input_grad ? record_key.mutable_data_ptr<int64_t>() : nullptr,
               recorded_input_grad ? record_weight.mutable_data_ptr<T>() : nullptr};
-          const CoordinateGradSink<scalar_t> coordinate_sink{
-              grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr,
-              theta_partials.defined() ? theta_partials.mutable_data_ptr<T>() : nullptr};
-          launch_kernel(
-              sample_backward_kernel<scalar_t, kDim, Policy, decltype(source)>, grid, kThreads,
-              stream, grad_output.const_data_ptr<scalar_t>(), gout,
-              input.const_data_ptr<scalar_t>(), PointGeometry<kDim>::of(input), source,
-              data_or_null<T>(fill_of_channel), input_sink, coordinate_sink, cfg);
+          const int vector_width = backward_channel_vector_width<scalar_t>(grad_output, input);
+          with_channel_vector<scalar_t>(vector_width, [&](auto vec) {
+            constexpr int kVec = decltype(vec)::value;
+            const dim3 grid = grid_for(ChannelSplit<kVec>(input.size(1)).items(points), batch);
+            if (output_mask[1] && per_image) {
+              theta_partials = at::empty({batch, static_cast<int64_t>(grid.x), dims * (dims + 1)},
+                                         input.options().dtype(opmath));
+            }
+            const CoordinateGradSink<scalar_t> coordinate_sink{
+                grad_grid.defined() ? grad_grid.mutable_data_ptr<scalar_t>() : nullptr,
+                theta_partials.defined() ? theta_partials.mutable_data_ptr<T>() : nullptr};
+            launch_kernel(
+                sample_backward_kernel<scalar_t, kDim, Policy, decltype(source), kVec>, grid,
+                kThreads, stream, grad_output.const_data_ptr<scalar_t>(), gout,
+                input.const_data_ptr<scalar_t>(), PointGeometry<kDim>::of(input), source,
+                data_or_null<T>(fill_of_channel), input_sink, coordinate_sink, cfg);
+          });
         });
       });
 

@@ -18,7 +18,11 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
+#include <type_traits>
 
 #include "launch.cuh"
 
@@ -28,14 +32,15 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-// One block row per kThreads points of an image, one block column per image (a grid-stride loop
-// over images beyond the device's grid-y limit).
+// One block row per kThreads work items of an image (its output points, or (point, channel
+// group) pairs: ChannelSplit), one block column per image (a grid-stride loop over images beyond
+// the device's grid-y limit).
 inline dim3 grid_for(int64_t points, int64_t batch) {
   const int64_t blocks = (points + kThreads - 1) / kThreads;
   TORCH_CHECK_VALUE(blocks <= std::numeric_limits<int32_t>::max(),
                     "stn_ext: the CUDA kernels take up to ",
                     int64_t{std::numeric_limits<int32_t>::max()} * kThreads,
-                    " output points per image, got ", points);
+                    " work items (output points, times channel groups) per image, got ", points);
   return dim3(static_cast<unsigned>(blocks),
               static_cast<unsigned>(std::min(batch, max_grid_dim_y())));
 }
@@ -69,6 +74,99 @@ __device__ inline void block_sum(T (&v)[kValues]) {
     }
   }
   __syncthreads();  // warp_sums is reused by the next image of a grid-stride loop
+}
+
+// --- Lanes across channels -----------------------------------------------------------------
+// With channels innermost (channels_last) a thread per output point looping its channels makes
+// each warp access touch 32 points' worth of cache lines. Instead, when every pixel's channels
+// are whole aligned 16-byte vectors, the kernels give each point C / kVec threads, consecutive
+// threads taking consecutive groups of kVec channels with one vector load (or store) per tap:
+// a warp's accesses are contiguous runs of 16-byte vectors. kVec == 1 is the one-thread-per-point
+// layout of any strides.
+// Arithmetic, bf16 with 64 channels (a pixel's channels are one 128-byte line): a thread per
+// point reads one 2-byte channel of 32 different lines per warp access, 64 times per tap (a line
+// is fetched again once evicted, and each access costs 32 sectors for 64 useful bytes); with
+// kVec = 8, 8 lanes read one pixel's line in full, a warp 4 lines per access, one access per
+// tap: every byte fetched is used, and the load instructions per pixel drop 8-fold.
+
+constexpr int kVectorBytes = 16;
+
+template <typename scalar_t>
+constexpr int kChannelVector = kVectorBytes / static_cast<int>(sizeof(scalar_t));
+
+// kVec consecutive elements, loaded and stored as one access.
+template <typename scalar_t, int kVec>
+struct alignas(sizeof(scalar_t) * kVec) Pack {
+  scalar_t v[kVec];
+};
+
+template <int kVec, typename scalar_t>
+__device__ inline Pack<scalar_t, kVec> load_pack(const scalar_t* p) {
+  return *reinterpret_cast<const Pack<scalar_t, kVec>*>(p);
+}
+
+// A 16-byte vector is stored by __stwb (one st.global.v4): stored as a struct (or a uint4), it
+// comes out of the compiler as one store per element where the address is 64-bit arithmetic.
+template <int kVec, typename scalar_t>
+__device__ inline void store_pack(scalar_t* p, const Pack<scalar_t, kVec>& pack) {
+  if constexpr (sizeof(pack) == sizeof(uint4)) {
+    uint4 bits;
+    memcpy(&bits, &pack, sizeof(bits));
+    __stwb(reinterpret_cast<uint4*>(p), bits);
+  } else {
+    *reinterpret_cast<Pack<scalar_t, kVec>*>(p) = pack;
+  }
+}
+
+// The work of one thread: output point `point`, channels [begin, end) in steps of kVec.
+template <typename index_t>
+struct ChannelWork {
+  int64_t point;
+  index_t begin, end;
+};
+
+// How a launch splits (output point, channel) pairs among threads; items are numbered points
+// first, channel groups fastest.
+template <int kVec>
+struct ChannelSplit {
+  int64_t groups;  // threads per output point: 1, or channels / kVec
+
+  __host__ __device__ explicit ChannelSplit(int64_t channels)
+      : groups(kVec == 1 ? 1 : channels / kVec) {}
+  __host__ __device__ int64_t items(int64_t points) const { return points * groups; }
+  template <typename index_t>
+  __device__ ChannelWork<index_t> work(int64_t item, index_t channels) const {
+    const index_t begin = static_cast<index_t>(item % groups) * kVec;
+    return {item / groups, begin, kVec == 1 ? channels : static_cast<index_t>(begin + kVec)};
+  }
+};
+
+// kChannelVector<scalar_t> if every tensor's pixels hold their channels as whole aligned
+// vectors (channel stride 1, channel count a multiple of the vector, every other stride of an
+// axis longer than 1 a multiple of it, data 16-byte aligned), else 1.
+template <typename scalar_t>
+int channel_vector_width(std::initializer_list<at::Tensor> tensors) {
+  constexpr int kVec = kChannelVector<scalar_t>;
+  for (const at::Tensor& t : tensors) {
+    bool whole = t.size(1) % kVec == 0 && t.stride(1) == 1 &&
+                 reinterpret_cast<uintptr_t>(t.const_data_ptr()) % kVectorBytes == 0;
+    for (int64_t d = 0; whole && d < t.dim(); ++d) {
+      whole = d == 1 || t.size(d) == 1 || t.stride(d) % kVec == 0;
+    }
+    if (!whole) return 1;
+  }
+  return kVec;
+}
+
+// Calls f(std::integral_constant<int, kVec>{}) with the width channel_vector_width chose.
+template <typename scalar_t, typename F>
+void with_channel_vector(int width, F&& f) {
+  if (width == 1) {
+    f(std::integral_constant<int, 1>{});
+  } else {
+    TORCH_INTERNAL_ASSERT(width == kChannelVector<scalar_t>);
+    f(std::integral_constant<int, kChannelVector<scalar_t>>{});
+  }
 }
 
 // Sizes and element strides of an (N, C, *spatial) tensor with kDim spatial axes, stored x first

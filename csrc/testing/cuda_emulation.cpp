@@ -1,6 +1,6 @@
 // The test-only CUDA emulation library: csrc/cuda/'s kernels and launchers compiled as host C++
 // (see cuda_emulation.h), registered for CPU tensors as the ops of stn_ext_cuda_emulation, with
-// the schemas of the stn_ext ops, plus the emulated device's settings and launch counter. This
+// the schemas of the stn_ext ops, plus the emulated device's settings and launch counters. This
 // file declares the ops and registers the fused op's kernels; grid_sample_cuda_emulation.cpp
 // registers the general ops' kernels. Built by stn_ext/testing/cuda_emulation.py; not part of
 // the installed package.
@@ -20,6 +20,7 @@ void set_device_limits(int64_t max_grid_y, bool force_64bit_indexing, int64_t bl
 }
 
 int64_t launch_count() { return emulation::launch_count().load(); }
+int64_t launched_threads() { return emulation::launched_threads().load(); }
 
 }  // namespace
 
@@ -33,6 +34,7 @@ TORCH_LIBRARY(stn_ext_cuda_emulation, m) {
   m.def("set_device_limits(int max_grid_y, bool force_64bit_indexing, int block_order_seed) -> ()",
         &set_device_limits);
   m.def("launch_count() -> int", &launch_count);
+  m.def("launched_threads() -> int", &launched_threads);
 }
 
 TORCH_LIBRARY_IMPL(stn_ext_cuda_emulation, CPU, m) {

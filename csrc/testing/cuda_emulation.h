@@ -16,7 +16,7 @@
 // - gpuAtomicAdd is an atomic read-modify-write that really races between the warps' threads;
 // - c10::Half and c10::BFloat16 are the same types as in the device build.
 //
-// Settings (grid-y limit, forced 64-bit indexing, block order) and counters (launches) are
+// Settings (grid-y limit, forced 64-bit indexing, block order) and counters (launches, threads) are
 // process-wide and set by the tests through the emulation library's ops.
 #pragma once
 
@@ -57,6 +57,11 @@ struct dim3 {
   constexpr dim3(unsigned x = 1, unsigned y = 1, unsigned z = 1) : x(x), y(y), z(z) {}
 };
 using uint3 = dim3;
+struct alignas(16) uint4 {  // the vector type of 16-byte accesses
+  unsigned x, y, z, w;
+};
+// A store with the default (write-back) cache policy.
+inline void __stwb(uint4* p, uint4 value) { *p = value; }
 using cudaStream_t = void*;
 
 // The built-in index variables: per host thread, set by the launcher.
@@ -79,6 +84,12 @@ inline Settings& settings() {
 }
 
 inline std::atomic<int64_t>& launch_count() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
+// Threads of all launches (grid size times block size), for tests of how a launch splits work.
+inline std::atomic<int64_t>& launched_threads() {
   static std::atomic<int64_t> count{0};
   return count;
 }
@@ -230,6 +241,7 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
   const int threads = static_cast<int>(block.x * block.y * block.z);
   if (threads <= 0 || threads > kMaxThreadsPerBlock) emu::fail("invalid block size");
   ++emu::launch_count();
+  emu::launched_threads() += int64_t{grid.x} * grid.y * grid.z * threads;
 
   std::vector<int64_t> order(static_cast<int64_t>(grid.x) * grid.y * grid.z);
   std::iota(order.begin(), order.end(), int64_t{0});

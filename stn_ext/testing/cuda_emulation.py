@@ -119,6 +119,12 @@ def launch_count() -> int:
     return _ops().launch_count()
 
 
+def launched_threads() -> int:
+    """Threads of all kernel launches (grid size times block size) since the library was
+    loaded."""
+    return _ops().launched_threads()
+
+
 @contextlib.contextmanager
 def device_limits(*, max_grid_y: int = CUDA_MAX_GRID_Y, force_64bit_indexing: bool = False,
                   block_order_seed: int = 0):
