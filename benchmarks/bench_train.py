@@ -26,7 +26,8 @@ from _common import (REPO_ROOT, HelpFormatter, Stopwatch, add_common_arguments, 
                      resolve_json_path, run_metadata, side_by_side_ms, write_json)
 
 sys.path.insert(0, str(REPO_ROOT / "train"))
-from cifar import RECIPES, Net, make_optimizer  # noqa: E402
+from cifar import (RECIPES, CudaGraphs, Net, TrainSteps,  # noqa: E402
+                   make_optimizer)
 
 BATCH_SIZE = 64
 IMAGE_SHAPE = (3, 32, 32)
@@ -54,10 +55,7 @@ def make_train_step(model: Net, forward: Callable, images: torch.Tensor, labels:
                     capturable: bool) -> Callable[[], torch.Tensor]:
     """One step of train/cifar.py's loop; ``forward`` is ``model``, compiled or not."""
     recipe = RECIPES[RECIPE]
-    optimizer = make_optimizer(model, recipe, recipe.lr)
-    if capturable:  # a CUDA graph needs the optimizer's step counts on the GPU
-        for group in optimizer.param_groups:
-            group["capturable"] = True
+    optimizer = make_optimizer(model, recipe, recipe.lr, capturable=capturable)
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
@@ -69,18 +67,13 @@ def make_train_step(model: Net, forward: Callable, images: torch.Tensor, labels:
 
 
 def capture_in_cuda_graph(train_step: Callable, device: torch.device) -> Callable[[], None]:
-    """Record the whole step in one CUDA graph, so that replaying it skips Python and the
-    per-kernel launch cost that dominate a batch this small."""
-    side_stream = torch.cuda.Stream(device)
-    side_stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side_stream):  # capture needs the warm-up off the default stream
-        for _ in range(3):
+    """Record the whole step in one CUDA graph, as train/cifar.py does (CudaGraphs), so that
+    replaying it skips Python and the per-kernel launch cost that dominate a batch this small."""
+    graphs = CudaGraphs(device)
+    with graphs.warm_up():
+        for _ in range(TrainSteps.WARM_UP):
             train_step()
-    torch.cuda.current_stream(device).wait_stream(side_stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        train_step()
-    return graph.replay
+    return graphs.capture(train_step)
 
 
 def prepare_step(backend: str, variant: str, device: torch.device) -> Callable[[], object]:

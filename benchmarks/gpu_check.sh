@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates stn-ext on a GPU machine in one go (torch preinstalled, no internet needed):
-#   bash benchmarks/gpu_check.sh OUT_DIR
+#   bash benchmarks/gpu_check.sh OUT_DIR [CIFAR_DATA]
 # 1. builds the extension for this GPU's architecture only (pip install --no-build-isolation
 #    --no-deps -e .);
 # 2. runs the test suite on the GPU: the cuda and triton backends (the CPU and emulated backends
@@ -9,17 +9,21 @@
 # 4. runs bench_sampling.py and bench_train.py on CUDA and kernel_resources.py (registers and
 #    stack of the kernels just built), recording into benchmarks/results/ (and copies of the
 #    JSON into OUT_DIR);
+# 5. with CIFAR_DATA (train/cifar.py's --data: e.g. the archive copied into a git-ignored folder
+#    of the checkout), trains 2 epochs with the step replayed from a CUDA graph (the default on a
+#    GPU) and 2 without, side by side (metrics.json of each under OUT_DIR/train-*);
 # then prints a summary. Every log is under OUT_DIR. Each step has a time limit so that the
 # whole check ends within about 8 minutes; a step that fails or times out is reported and the
 # script exits non-zero. Without a GPU it says so and exits 2.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-if [ $# -ne 1 ]; then
-  echo "usage: bash benchmarks/gpu_check.sh OUT_DIR" >&2
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then
+  echo "usage: bash benchmarks/gpu_check.sh OUT_DIR [CIFAR_DATA]" >&2
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd)
+data=${2:-}
 python=${PYTHON:-python}
 
 if ! "$python" -c "import torch" 2>/dev/null; then
@@ -89,6 +93,12 @@ step bench-train 90 "$python" benchmarks/bench_train.py --device cuda --json \
   --min-run-time 1.0 --note "benchmarks/gpu_check.sh"
 step kernel-resources 30 "$python" benchmarks/kernel_resources.py \
   --json "benchmarks/results/kernels-sm_${arch//./}-$(date -u +%F).json"
+if [ -n "$data" ]; then
+  for graph in cuda-graph no-cuda-graph; do
+    step "train-$graph" 150 "$python" train/cifar.py --device cuda --data "$data" --epochs 2 \
+      --no-plots --"$graph" --out "$out/train-$graph"
+  done
+fi
 for f in benchmarks/results/*; do
   if ! grep -qxF "$(basename "$f")" <<<"$before"; then cp "$f" "$out/"; fi
 done

@@ -1,4 +1,5 @@
 """The CIFAR-10 training job (train/cifar.py, train/cifar_data.py) on tiny datasets built here."""
+import contextlib
 import json
 import os
 import pickle
@@ -404,6 +405,107 @@ def test_default_recipe_drops_out_in_the_first_half_only(tmp_path, monkeypatch):
     cifar.run(cifar.parse_args(train_args(data, tmp_path / "run", "--epochs", 4)))
     assert cifar.RECIPES["default"].dropout_until == 0.5
     assert dropout_in_training_steps == 4 * [(True, True)] + 4 * [(False, False)]
+
+
+class CpuGraphs:
+    """A stand-in for cifar.CudaGraphs on the CPU: no stream, and a "capture" whose replay runs
+    the step again. With it, TrainSteps' graph protocol (static index buffer, warm-up, capture,
+    replay, eager last batch, recapture after a train/eval switch) runs here."""
+    captures = 0
+
+    def __init__(self, device):
+        pass
+
+    def warm_up(self):
+        return contextlib.nullcontext()
+
+    def capture(self, step):
+        CpuGraphs.captures += 1
+        return step
+
+
+def test_graphed_steps_train_exactly_as_eager_ones(tmp_path, monkeypatch):
+    """The --cuda-graph path (capturable optimizer, learning rates in tensors, TrainSteps with
+    graphs) trains bitwise as the same run without graphs: same losses, same weights. 200
+    images at batch 32: 6 full batches (3 warm-up, a capture, 2 replays) and a short one an
+    epoch; the default recipe's dropout stops after epoch 2 of 4, so the step is captured
+    twice. The checkpoint keeps plain float learning rates."""
+    data = tiny_pickle_dataset(tmp_path, 200, 50)
+    monkeypatch.setattr(cifar, "use_cuda_graph", lambda requested, device, world: True)
+    monkeypatch.setattr(cifar, "CudaGraphs", lambda device: None)
+    eager = cifar.run(cifar.parse_args(train_args(data, tmp_path / "eager", "--epochs", 4)))
+    monkeypatch.setattr(cifar, "CudaGraphs", CpuGraphs)
+    CpuGraphs.captures = 0
+    graphed = cifar.run(cifar.parse_args(train_args(data, tmp_path / "graphed", "--epochs", 4)))
+    assert CpuGraphs.captures == 2
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert [e[key] for e in graphed["epochs"]] == [e[key] for e in eager["epochs"]], key
+    want = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=True)
+    got = torch.load(tmp_path / "graphed" / "checkpoint.pt", weights_only=True)
+    for name in want["model"]:
+        assert torch.equal(got["model"][name], want["model"][name]), name
+    for group in got["optimizer"]["param_groups"]:
+        assert type(group["lr"]) is float
+    assert all(type(lr) is float for lr in got["scheduler"]["_last_lr"])
+    assert [g["lr"] for g in got["optimizer"]["param_groups"]] == pytest.approx(
+        [g["lr"] for g in want["optimizer"]["param_groups"]], rel=1e-6)
+
+
+class FailingGraphs(CpuGraphs):
+    def capture(self, step):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+
+def test_failed_capture_trains_on_without_graphs(tmp_path, monkeypatch):
+    """A capture that fails (as torch.cuda.graph raises) leaves a warning naming the error, and
+    the run trains on eagerly, exactly as without graphs."""
+    data = tiny_pickle_dataset(tmp_path, 200, 50)
+    monkeypatch.setattr(cifar, "use_cuda_graph", lambda requested, device, world: True)
+    monkeypatch.setattr(cifar, "CudaGraphs", lambda device: None)
+    eager = cifar.run(cifar.parse_args(train_args(data, tmp_path / "eager", "--epochs", 1)))
+    monkeypatch.setattr(cifar, "CudaGraphs", FailingGraphs)
+    with pytest.warns(UserWarning, match="CUDA graph failed .operation not permitted"):
+        failed = cifar.run(cifar.parse_args(train_args(data, tmp_path / "failed", "--epochs",
+                                                       1)))
+    assert failed["epochs"][0]["train_loss"] == eager["epochs"][0]["train_loss"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_lr_tensors_follow_the_schedule():
+    """Learning rates in tensors (lr_tensors, after the scheduler is built) take the schedule's
+    values in place: the tensors a captured step reads are the ones the scheduler fills."""
+    model = cifar.Net("torch")
+    recipe = cifar.RECIPES["default"]
+    floats = cifar.make_optimizer(model, recipe, 1e-3)
+    tensors = cifar.make_optimizer(model, recipe, 1e-3, capturable=True)
+    schedules = [cifar.make_scheduler(o, recipe, 5, 2) for o in (floats, tensors)]
+    cifar.lr_tensors(tensors, torch.device("cpu"))
+    held = [group["lr"] for group in tensors.param_groups]
+    for _ in range(7):
+        for schedule in schedules:
+            schedule.step()
+        for group, tensor, want in zip(tensors.param_groups, held, floats.param_groups):
+            assert group["lr"] is tensor
+            assert float(tensor) == pytest.approx(want["lr"], rel=1e-6)
+
+
+def test_cuda_graph_needs_one_process_on_a_gpu():
+    cpu = torch.device("cpu")
+    assert cifar.use_cuda_graph(None, cpu, cifar.World()) is False
+    assert cifar.use_cuda_graph(False, torch.device("cuda"), cifar.World()) is False
+    assert cifar.use_cuda_graph(None, torch.device("cuda"), cifar.World(0, 2)) is False
+    with pytest.raises(SystemExit, match="single process"):
+        cifar.use_cuda_graph(True, torch.device("cuda"), cifar.World(0, 2))
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        cifar.use_cuda_graph(True, cpu, cifar.World())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_cuda_graph_flag_without_a_gpu_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cifar.parse_args(["--cuda-graph"])
+    assert exit_info.value.code == 2
+    assert "--cuda-graph needs a CUDA device" in capsys.readouterr().err
 
 
 def test_resume_refuses_other_settings(tmp_path):

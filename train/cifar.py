@@ -6,10 +6,12 @@
 
 The whole dataset lives in memory as uint8 tensors (on the GPU when training there); an epoch is
 one shuffled index tensor, each batch is gathered, flipped and normalised as one tensor, and the
-step loop syncs with the host only every --log-interval batches. A run leaves metrics.json,
-checkpoint.pt, curves.png and stn.png in --out.
+step loop syncs with the host only every --log-interval batches. On a GPU the whole step (gather,
+forward, backward, optimizer) is replayed from one captured CUDA graph (--cuda-graph). A run
+leaves metrics.json, checkpoint.pt, curves.png and stn.png in --out.
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -20,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -168,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to keep the decoded dataset [next to --data if writable, "
                         "else ./data/cache in the repository]")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and stn.png")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each training step from one captured CUDA graph [on for a "
+                        "single process on a GPU, else off]")
     return p
 
 
@@ -178,6 +183,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     check_device(parser, args.device)
     check_backend(parser, args.backend, args.device)
+    if args.cuda_graph and not (args.device == "cuda" or (args.device == "auto"
+                                                          and torch.cuda.is_available())):
+        parser.error("--cuda-graph needs a CUDA device (--device cuda)")
     return args
 
 
@@ -216,17 +224,47 @@ def resolve_run_settings(args: argparse.Namespace, checkpoint: Optional[dict]) -
 
 
 # ----------------------------------------------------------------------------- training
-def make_optimizer(model: Net, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: Net, recipe: Recipe, lr: float,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """capturable: the optimizer of a step captured in a CUDA graph (fused kernels that read
+    their step counts from the device; the learning rates become device tensors with
+    lr_tensors once the scheduler has read them)."""
     stn_params = list(model.stn.parameters())
     stn_ids = {id(p) for p in stn_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in stn_ids], "lr": lr},
               {"params": stn_params, "lr": lr * recipe.stn_lr_scale}]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, weight_decay=recipe.weight_decay,
+                               fused=True if capturable else None)
     if recipe.optimizer == "adamw":
         # The fused kernel: half the time of the per-parameter loop for this model on CPU.
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=recipe.weight_decay, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=recipe.weight_decay, fused=True,
+                                 capturable=capturable)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def lr_tensors(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Hold each group's learning rate in a device tensor: a captured step reads it there, and
+    the scheduler (built before, so its base rates stay floats) fills it in place, without a
+    sync."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+def optimizer_checkpoint(optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() with learning rates as floats (lr_tensors' undone), as an eager
+    run keeps them: a checkpoint resumes the same way with or without CUDA graphs."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"] = float(group["lr"])
+    return state
+
+
+def scheduler_checkpoint(scheduler) -> dict:
+    """scheduler.state_dict() with its last learning rates as floats (see optimizer_checkpoint)."""
+    state = scheduler.state_dict()
+    state["_last_lr"] = [float(lr) for lr in state["_last_lr"]]
+    return state
 
 
 def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int):
@@ -266,7 +304,102 @@ def rank_share(train_images: int, batch_size: int, world: World) -> Tuple[int, i
     return shard, local_batch, math.ceil(shard / local_batch)
 
 
-def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
+class CudaGraphs:
+    """How TrainSteps warms a step up and captures it on a CUDA device (torch.cuda.graph)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.side_stream = torch.cuda.Stream(device)
+
+    @contextlib.contextmanager
+    def warm_up(self):
+        """The steps before a capture run off the default stream, as capture requires."""
+        self.side_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.side_stream):
+            yield
+        torch.cuda.current_stream(self.device).wait_stream(self.side_stream)
+
+    def capture(self, step: Callable[[], None]) -> Callable[[], None]:
+        """Records step() (without running it) and returns the graph's replay."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return graph.replay
+
+
+class TrainSteps:
+    """The optimisation step of one batch (gather, flip, forward, loss, backward, optimizer),
+    its loss added to loss_sum on the device.
+
+    With `graphs` (CudaGraphs), full batches replay one captured graph: a batch's indices are
+    copied into the static buffer the graph reads. The first WARM_UP full batches (after the
+    start, or after the modules' train/eval flags changed, which changes what the graph must
+    do) run eagerly inside graphs.warm_up(); the next is captured and replayed. An epoch's last,
+    shorter batch runs eagerly. Either way the same operations run in the same order, on the
+    same batches. Why: this model's step moves a few hundred KB, so on a GPU its cost is the
+    launches and the Python around them, which a replay skips. Should a capture fail, a warning
+    says why and the run goes on without graphs."""
+
+    WARM_UP = 3
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
+                 train: Split, batch_size: int, graphs=None):
+        self.model, self.optimizer, self.recipe, self.train = model, optimizer, recipe, train
+        self.graphs = graphs
+        self.loss_sum = torch.zeros((), device=train.images.device)
+        self.batch_indices = torch.zeros(batch_size, dtype=torch.long,
+                                         device=train.images.device)
+        self.replay: Optional[Callable[[], None]] = None
+        self.modes: Optional[tuple] = None  # the modules' train flags of the captured graph
+        self.warm_steps = 0
+
+    def run_eagerly(self, indices: torch.Tensor) -> None:
+        images = self.train.images.index_select(0, indices)
+        if self.recipe.flip:
+            images = flip_first_half(images)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.nll_loss(self.model(normalize(images)),
+                          self.train.labels.index_select(0, indices))
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach()
+
+    def __call__(self, indices: torch.Tensor) -> None:
+        if self.graphs is None or len(indices) != len(self.batch_indices):
+            return self.run_eagerly(indices)
+        modes = tuple(module.training for module in self.model.modules())
+        if modes != self.modes:
+            self.replay, self.modes, self.warm_steps = None, modes, 0
+        self.batch_indices.copy_(indices)
+        if self.replay is None and self.warm_steps < self.WARM_UP:
+            self.warm_steps += 1
+            with self.graphs.warm_up():
+                return self.run_eagerly(self.batch_indices)
+        if self.replay is None:
+            try:
+                self.replay = self.graphs.capture(lambda: self.run_eagerly(self.batch_indices))
+            except RuntimeError as error:
+                warnings.warn(f"capturing the training step in a CUDA graph failed ({error}); "
+                              f"training on without graphs (--no-cuda-graph skips the attempt)")
+                self.graphs = None
+                return self.run_eagerly(indices)
+        self.replay()
+
+
+def use_cuda_graph(requested: Optional[bool], device: torch.device, world: World) -> bool:
+    """--cuda-graph: on by default for one process on a GPU; a DDP step (its gradient buckets'
+    hooks) is not captured."""
+    if requested is None:
+        return device.type == "cuda" and not world.enabled
+    if requested and world.enabled:
+        raise SystemExit("error: --cuda-graph runs in a single process; leave it out (or pass "
+                         "--no-cuda-graph) under torchrun")
+    if requested and device.type != "cuda":
+        raise SystemExit("error: --cuda-graph needs a CUDA device (--device cuda)")
+    return requested
+
+
+def train_epoch(ddp_model, steps: TrainSteps, scheduler, recipe: Recipe, train: Split,
                 epoch: int, epochs: int, batch_size: int, shuffle_gen: torch.Generator,
                 world: World, log_interval: int) -> float:
     """One epoch over this rank's shard; returns the mean training loss over all ranks."""
@@ -276,28 +409,22 @@ def train_epoch(ddp_model, optimizer, scheduler, recipe: Recipe, train: Split,
             if isinstance(module, (nn.Dropout, nn.Dropout2d)):
                 module.eval()
     # Every rank draws the same permutation and takes its own share of it.
-    shard, local_batch, steps = rank_share(len(train), batch_size, world)
+    shard, local_batch, steps_per_epoch = rank_share(len(train), batch_size, world)
     order = torch.randperm(len(train), generator=shuffle_gen)
     order = order[world.rank * shard:(world.rank + 1) * shard].to(train.images.device)
-    loss_sum = torch.zeros((), device=train.images.device)
+    steps.loss_sum.zero_()
     bar = tqdm(total=shard * world.size, desc=f"epoch {epoch}", unit="img", leave=False,
                disable=not world.is_main, mininterval=0.5, dynamic_ncols=True)
-    for step in range(steps):
+    for step in range(steps_per_epoch):
         # Gathering each batch as it is needed keeps the copies in cache: ~10x cheaper than
         # permuting the whole set up front.
         indices = order[step * local_batch:(step + 1) * local_batch]
-        images = train.images.index_select(0, indices)
-        if recipe.flip:
-            images = flip_first_half(images)
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.nll_loss(ddp_model(normalize(images)), train.labels.index_select(0, indices))
-        loss.backward()
-        optimizer.step()
+        steps(indices)
         scheduler.step()
-        loss_sum += loss.detach()
         bar.update(len(indices) * world.size)
-        if (step + 1) % log_interval == 0 or step + 1 == steps:
-            mean_loss = world.sum(loss_sum.clone()).item() / ((step + 1) * world.size)
+        if (step + 1) % log_interval == 0 or step + 1 == steps_per_epoch:
+            mean_loss = (world.sum(steps.loss_sum.clone()).item()
+                         / ((step + 1) * world.size))
             if not math.isfinite(mean_loss):
                 bar.close()
                 raise TrainingDiverged(f"the training loss became {mean_loss} in epoch {epoch} "
@@ -559,8 +686,9 @@ def run(args: argparse.Namespace) -> dict:
     model = Net(args.backend).to(device, memory_format=torch.channels_last)
     ddp_model = (nn.parallel.DistributedDataParallel(model, [device] if device.type == "cuda"
                                                      else None) if world.enabled else model)
-    _, _, steps_per_epoch = rank_share(len(train), args.batch_size, world)
-    optimizer = make_optimizer(model, recipe, lr)
+    _, local_batch, steps_per_epoch = rank_share(len(train), args.batch_size, world)
+    cuda_graph = use_cuda_graph(args.cuda_graph, device, world)
+    optimizer = make_optimizer(model, recipe, lr, capturable=cuda_graph)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch, args.epochs)
     shuffle_gen = torch.Generator().manual_seed(args.seed)
 
@@ -568,7 +696,7 @@ def run(args: argparse.Namespace) -> dict:
               "recipe": dataclasses.asdict(recipe) | {"lr": lr},
               "device": str(device), "device_name": (torch.cuda.get_device_name(device)
                                                      if device.type == "cuda" else "cpu"),
-              "backend": args.backend, "world_size": world.size,
+              "backend": args.backend, "cuda_graph": cuda_graph, "world_size": world.size,
               "threads": torch.get_num_threads(), "train_images": len(train),
               "test_images": len(test), "torch": str(torch.__version__)}
     history: List[dict] = []
@@ -581,6 +709,10 @@ def run(args: argparse.Namespace) -> dict:
         history = checkpoint["history"]
         first_epoch = checkpoint["epoch"] + 1
         log(f"resuming {checkpoint['path']} after epoch {checkpoint['epoch']}")
+    if cuda_graph:
+        lr_tensors(optimizer, device)
+    steps = TrainSteps(ddp_model, optimizer, recipe, train, local_batch,
+                       CudaGraphs(device) if cuda_graph else None)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
     log(f"training on {len(train)} images ({world.size} x {device}, "
@@ -590,7 +722,7 @@ def run(args: argparse.Namespace) -> dict:
     metrics = {"config": config, "epochs": history}
     for epoch in range(first_epoch, args.epochs + 1):
         epoch_start = time.perf_counter()
-        train_loss = train_epoch(ddp_model, optimizer, scheduler, recipe, train, epoch,
+        train_loss = train_epoch(ddp_model, steps, scheduler, recipe, train, epoch,
                                  args.epochs, args.batch_size, shuffle_gen, world,
                                  args.log_interval)
         train_time = time.perf_counter() - epoch_start
@@ -606,8 +738,9 @@ def run(args: argparse.Namespace) -> dict:
         states = world.gather(rng_state(shuffle_gen))
         if world.is_main:
             atomic_write(out / "checkpoint.pt", lambda f: torch.save({
-                "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": states, "history": history,
+                "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer_checkpoint(optimizer),
+                "scheduler": scheduler_checkpoint(scheduler), "rng": states, "history": history,
                 "config": config}, f))
             write_json(out / "metrics.json", metrics)
 
