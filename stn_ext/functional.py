@@ -17,7 +17,8 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # What each op runs on. The fused 2-D affine op (stn_ext::affine_grid_sample) covers modes
 # FUSED_MODES on 4-D input without a fill value on every backend; everything else goes through
 # the general ops (stn_ext::grid_sample, stn_ext::affine_sample), which have CPU and CUDA kernels
-# so far.
+# for every combination. Triton has grid_sample for the fused op's combinations
+# (stn_ext::triton_grid_sample), and no kernel for the rest yet.
 FUSED_MODES = ("bilinear", "nearest")
 GENERAL_OP_BACKENDS = ("cpu", "cuda", "torch")
 
@@ -246,8 +247,11 @@ def _checked_backend(backend: str) -> None:
 
 
 def _resolve_general_backend(op: str, backend: str, device: torch.device,
-                             combination: str) -> str:
-    """The backend of a general op (stn_ext::grid_sample, stn_ext::affine_sample) call."""
+                             combination: str, triton_has_kernel: bool = False) -> str:
+    """The backend of a general op (stn_ext::grid_sample, stn_ext::affine_sample) call;
+    triton_has_kernel: whether Triton runs this combination."""
+    if backend == "triton" and triton_has_kernel:
+        return _resolve_backend(backend, device)
     if backend not in GENERAL_OP_BACKENDS + ("auto",):
         raise NotImplementedError(
             f"stn_ext.{op}: backend {backend!r} has no kernel for {combination} yet; it runs "
@@ -289,18 +293,22 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
         align_corners: as in ``F.grid_sample``.
         fill_value: None, a number, or one number per channel (sequence or tensor): taps outside
             the input read it instead of zero (padding_mode "zeros" only). Not differentiated.
-        backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda", or
-            "torch" (PyTorch's op); "triton" has no kernel for this op yet and raises
-            NotImplementedError. The CUDA backward is deterministic under
-            ``torch.use_deterministic_algorithms(True)`` (no atomics).
+        backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda",
+            "triton" (4-D input, bilinear or nearest, no fill value; other combinations raise
+            NotImplementedError), or "torch" (PyTorch's op). The CUDA and Triton backwards are
+            deterministic under ``torch.use_deterministic_algorithms(True)`` (no atomics).
     """
     input, grid, fill = checked_grid_arguments(input, grid, mode, padding_mode, align_corners,
                                                fill_value)
     _checked_backend(backend)
     backend = _resolve_general_backend("grid_sample", backend, input.device,
-                                       _combination(input, mode, fill))
+                                       _combination(input, mode, fill),
+                                       triton_has_kernel=_is_fused(input, mode, fill))
     if backend == "torch":
         return _torch_grid_sample(input, grid, mode, padding_mode, align_corners, fill)
+    if backend == "triton":
+        from . import triton_kernels
+        return triton_kernels.grid_sample(input, grid, mode, padding_mode, align_corners)
     return torch.ops.stn_ext.grid_sample(input, grid, mode, padding_mode, align_corners, fill)
 
 

@@ -120,9 +120,17 @@ def register_general_ops(namespace: str = "stn_ext") -> None:
     """Fake kernels, autocast and autograd of <namespace>::grid_sample and ::affine_sample (and
     their backward ops): gradients to the input and to its coordinates (grid or theta), none to
     the options or the fill value."""
-    for name, (forward_fake, arguments) in _GENERAL_OPS.items():
-        _register_general_op(f"{namespace}::{name}", forward_fake, arguments,
-                             getattr(getattr(torch.ops, namespace), f"{name}_backward"))
+    for name in _GENERAL_OPS:
+        register_general_op(name, f"{namespace}::{name}")
+
+
+def register_general_op(kind: str, qualname: str) -> None:
+    """register_general_ops' work for one op pair, `qualname` and `qualname`_backward, with the
+    schema of general op `kind` ("grid_sample" or "affine_sample"): for a backend's own ops."""
+    forward_fake, arguments = _GENERAL_OPS[kind]
+    namespace, name = qualname.split("::")
+    _register_general_op(qualname, forward_fake, arguments,
+                         getattr(getattr(torch.ops, namespace), f"{name}_backward"))
 
 
 def _register_general_op(qualname: str, forward_fake, arguments: int, backward_op) -> None:

@@ -1,18 +1,19 @@
-"""Triton backend of stn_ext.affine_grid_sample: the kernels, their launchers, and their
-registration as torch ops.
+"""Triton backend of stn_ext.affine_grid_sample and of stn_ext.grid_sample (4-D input, bilinear
+or nearest, no fill value): the kernels, their launchers, and their registration as torch ops.
 
 The kernels replicate csrc/sampling_math.h operation for operation (same formulas in the same
 order, correctly rounded division, flip parity of reflections in floating point), so they match
 the C++ kernels to rounding, and the tests of that math carry over.
 
 Work split: one program per (image, block of BLOCK_PIXELS output pixels). A program computes its
-pixels' source points from theta once (no grid tensor is ever written), then loops over the
-channels in blocks of BLOCK_CHANNELS, on [BLOCK_CHANNELS, BLOCK_PIXELS] tiles whose pixels run
-fastest, like the rows of a contiguous image. The backward program adds grad_input into a
-float32 (float64) buffer with atomic adds, and reduces its pixels' theta gradient to six numbers
-stored per program, which the host sums over programs in a fixed order: grad_theta is
-deterministic and grad_grid never exists. Under torch.use_deterministic_algorithms(True) the
-input gradient takes a slower path without atomics (_deterministic_input_grad).
+pixels' source points once, from theta (SOURCE "affine": no grid tensor is ever written) or from
+a dense grid (SOURCE "grid"), then loops over the channels in blocks of BLOCK_CHANNELS, on
+[BLOCK_CHANNELS, BLOCK_PIXELS] tiles whose pixels run fastest, like the rows of a contiguous
+image. The backward program adds grad_input into a float32 (float64) buffer with atomic adds;
+its pixels' coordinate gradient is either reduced to six theta numbers stored per program,
+which the host sums over programs in a fixed order, or written per point into grad_grid: both
+deterministic. Under torch.use_deterministic_algorithms(True) the input gradient takes a slower
+path without atomics (_deterministic_input_grad).
 
 Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd (from
 stn_ext/ops.py, like the C++ op's fake kernels), rather than ``torch.library.triton_op``.
@@ -23,13 +24,13 @@ on CUDA and in the interpreter, so the tests that run without a GPU exercise the
 use. The cost: inductor cannot fuse with or inline the kernels.
 """
 import contextlib
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from .ops import output_memory_format, register_sampling_op
+from .ops import output_memory_format, register_general_op, register_sampling_op
 
 # Offsets below this fit the kernels' 32-bit index arithmetic.
 _INT32_LIMIT = 2 ** 31
@@ -150,6 +151,26 @@ def _source_points(theta_ptr, image, pixels, in_h, in_w, out_h, out_w,
 
 
 @triton.jit
+def _sample_points(coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h, out_w,
+                   co_sn, co_sh, co_sw, co_sc, SOURCE: tl.constexpr, PADDING: tl.constexpr,
+                   ALIGN_CORNERS: tl.constexpr):
+    """_source_points for either coordinate source: "affine", coords_ptr the (N, 6) thetas;
+    "grid", a dense (N, Ho, Wo, 2) grid of strides co_* (the first two values returned are then
+    the grid's x and y instead of the base coordinates)."""
+    if SOURCE == "affine":
+        first_x, first_y, ix, iy, dix, diy = _source_points(
+            coords_ptr, image, pixels, in_h, in_w, out_h, out_w, PADDING, ALIGN_CORNERS)
+    else:
+        point = (coords_ptr + image.to(tl.int64) * co_sn + (pixels // out_w) * co_sh
+                 + (pixels % out_w) * co_sw)
+        first_x = tl.load(point, mask=pixel_ok, other=0.0)
+        first_y = tl.load(point + co_sc, mask=pixel_ok, other=0.0)
+        ix, dix = _source_index(first_x, in_w, PADDING, ALIGN_CORNERS)
+        iy, diy = _source_index(first_y, in_h, PADDING, ALIGN_CORNERS)
+    return first_x, first_y, ix, iy, dix, diy
+
+
+@triton.jit
 def _program_pixels(out_h, out_w, BLOCK_PIXELS: tl.constexpr, INDEX_DTYPE: tl.constexpr):
     """This program's image and block of output pixels (row-major indices), and which of them
     exist (the last block of an image has a tail)."""
@@ -233,20 +254,23 @@ def _load_stencil(src, tap00, sh, sw, ok00, ok01, ok10, ok11, c_ok, dtype):
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
 def _forward_kernel(
-    input_ptr, theta_ptr, output_ptr,
+    input_ptr, coords_ptr, output_ptr,    # coords: thetas or grid (SOURCE), compute precision
     channels, in_h, in_w, out_h, out_w,
     in_sn, in_sc, in_sh, in_sw,
     out_sn, out_sc, out_s_pixel,
-    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    co_sn, co_sh, co_sw, co_sc,           # the grid's strides (SOURCE "grid")
+    SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
 ):
     # The output is contiguous or channels_last: pixel p of a channel is at p * out_s_pixel,
     # which lets Triton see contiguous pixels and vectorise the stores of a contiguous output.
     index_dtype = tl.int64 if INDEX_64 else tl.int32
-    dtype = theta_ptr.dtype.element_ty
+    dtype = coords_ptr.dtype.element_ty
     image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
-    _, _, ix, iy, _, _ = _source_points(theta_ptr, image, pixels, in_h, in_w, out_h, out_w,
-                                        PADDING, ALIGN_CORNERS)
+    _, _, ix, iy, _, _ = _sample_points(coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h,
+                                        out_w, co_sn, co_sh, co_sw, co_sc, SOURCE, PADDING,
+                                        ALIGN_CORNERS)
     undefined = _undefined_points(ix, iy, pixel_ok)
     near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
     if MODE == "nearest":
@@ -282,21 +306,25 @@ def _forward_kernel(
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
 def _backward_kernel(
-    grad_output_ptr, input_ptr, theta_ptr, grad_input_ptr, theta_partials_ptr,
+    grad_output_ptr, input_ptr, coords_ptr, grad_input_ptr,
+    coord_grad_ptr,  # "affine": theta partials (programs, 6); "grid": grad_grid (N, Ho, Wo, 2)
     channels, in_h, in_w, out_h, out_w,
     go_sn, go_sc, go_sh, go_sw,
     in_sn, in_sc, in_sh, in_sw,
     gi_sn, gi_sc, gi_sh, gi_sw,
-    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
-    NEED_INPUT_GRAD: tl.constexpr, NEED_THETA_GRAD: tl.constexpr,
+    co_sn, co_sh, co_sw, co_sc,
+    SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr,
+    NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
 ):
-    # NEED_THETA_GRAD only in bilinear mode: nearest sampling has a zero theta gradient.
+    # NEED_COORD_GRAD only in bilinear mode: nearest sampling has a zero coordinate gradient.
     index_dtype = tl.int64 if INDEX_64 else tl.int32
-    dtype = theta_ptr.dtype.element_ty
+    dtype = coords_ptr.dtype.element_ty
     image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
-    base_x, base_y, ix, iy, dix, diy = _source_points(
-        theta_ptr, image, pixels, in_h, in_w, out_h, out_w, PADDING, ALIGN_CORNERS)
+    base_x, base_y, ix, iy, dix, diy = _sample_points(
+        coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h, out_w, co_sn, co_sh, co_sw,
+        co_sc, SOURCE, PADDING, ALIGN_CORNERS)
     undefined = _undefined_points(ix, iy, pixel_ok)
     near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
     if MODE == "nearest":
@@ -335,7 +363,7 @@ def _backward_kernel(
                 tl.atomic_add(dst + (grad_tap00 + gi_sh + gi_sw)[None, :],
                               (east * south)[None, :] * g, mask=ok11[None, :] & c_ok,
                               sem="relaxed")
-        if NEED_THETA_GRAD:
+        if NEED_COORD_GRAD:
             v00, v01, v10, v11 = _load_stencil(input_image + c[:, None] * in_sc, tap00, in_sh,
                                                in_sw, ok00, ok01, ok10, ok11, c_ok, dtype)
             d_ix = (v01 - v00) * north[None, :] + (v11 - v10) * south[None, :]
@@ -343,21 +371,27 @@ def _backward_kernel(
             grad_ix += _sum(g * d_ix, axis=0)
             grad_iy += _sum(g * d_iy, axis=0)
 
-    if NEED_THETA_GRAD:
-        # Chain rule through the affine map: grid_x = theta[0] . (bx, by, 1), likewise grid_y.
-        # A point with no tap in the image has no gradient, even where grad_output is NaN or inf
-        # (its grad_ix is then 0 * NaN: selected away, as ATen skips such taps); an undefined
-        # point makes every sum of its image NaN.
+    if NEED_COORD_GRAD:
+        # d(loss)/d(grid x, y) of each point. A point with no tap in the image has no gradient,
+        # even where grad_output is NaN or inf (its grad_ix is then 0 * NaN: selected away, as
+        # ATen skips such taps); an undefined point's is NaN.
         any_tap = ok00 | ok01 | ok10 | ok11
         grad_gx = tl.where(undefined, float("nan"), tl.where(any_tap, grad_ix * dix, 0.0))
         grad_gy = tl.where(undefined, float("nan"), tl.where(any_tap, grad_iy * diy, 0.0))
-        partial = theta_partials_ptr + tl.program_id(0).to(tl.int64) * 6
-        tl.store(partial + 0, _sum(grad_gx * base_x, axis=0))
-        tl.store(partial + 1, _sum(grad_gx * base_y, axis=0))
-        tl.store(partial + 2, _sum(grad_gx, axis=0))
-        tl.store(partial + 3, _sum(grad_gy * base_x, axis=0))
-        tl.store(partial + 4, _sum(grad_gy * base_y, axis=0))
-        tl.store(partial + 5, _sum(grad_gy, axis=0))
+        if SOURCE == "affine":
+            # Chain rule through the affine map: grid_x = theta[0] . (bx, by, 1), likewise
+            # grid_y; an undefined point makes every sum of its image NaN.
+            partial = coord_grad_ptr + tl.program_id(0).to(tl.int64) * 6
+            tl.store(partial + 0, _sum(grad_gx * base_x, axis=0))
+            tl.store(partial + 1, _sum(grad_gx * base_y, axis=0))
+            tl.store(partial + 2, _sum(grad_gx, axis=0))
+            tl.store(partial + 3, _sum(grad_gy * base_x, axis=0))
+            tl.store(partial + 4, _sum(grad_gy * base_y, axis=0))
+            tl.store(partial + 5, _sum(grad_gy, axis=0))
+        else:
+            point_grad = coord_grad_ptr + (image.to(tl.int64) * out_h * out_w + pixels) * 2
+            tl.store(point_grad, grad_gx, mask=pixel_ok)
+            tl.store(point_grad + 1, grad_gy, mask=pixel_ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,18 +406,20 @@ def _store_tap(tap_index_ptr, tap_weight_ptr, offset, row, weight, inside, pixel
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
 def _stencil_kernel(
-    theta_ptr, tap_index_ptr, tap_weight_ptr,
+    coords_ptr, tap_index_ptr, tap_weight_ptr,
     in_h, in_w, out_h, out_w,
-    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
-    INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
+    co_sn, co_sh, co_sw, co_sc,
+    SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr,
 ):
     """The taps of every output pixel as rows of an (1 + N * H * W, C) matrix of input pixels:
     row 1 + (n * H + y) * W + x, or the spare row 0 for a tap outside the image; with their
     weights. Tap k of pixel p of image n goes to [n, k, p] of tap_index and tap_weight."""
     index_dtype = tl.int64 if INDEX_64 else tl.int32
     image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
-    _, _, ix, iy, _, _ = _source_points(theta_ptr, image, pixels, in_h, in_w, out_h, out_w,
-                                        PADDING, ALIGN_CORNERS)
+    _, _, ix, iy, _, _ = _sample_points(coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h,
+                                        out_w, co_sn, co_sh, co_sw, co_sc, SOURCE, PADDING,
+                                        ALIGN_CORNERS)
     near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
     first_row = 1 + image.to(tl.int64) * in_h * in_w
     pixel_count = out_h.to(tl.int64) * out_w
@@ -434,8 +470,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether an element offset within one image (or a pixel count) may overflow int32;
-    the image offset itself is always computed in 64 bits."""
+    the image offset itself is always computed in 64 bits. (Theta rows, 2-D, always fit.)"""
     for t in tensors:
+        if t.dim() < 4:
+            continue
         extent = sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]))
         if extent >= _INT32_LIMIT or t.shape[2] * t.shape[3] >= _INT32_LIMIT:
             return True
@@ -452,13 +490,20 @@ def _block_sizes(channels: int, pixels: int) -> Tuple[int, int]:
     return block_pixels, block_channels
 
 
-def _theta_in_compute_dtype(theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """theta as the kernels read it: (N, 6) contiguous in the compute precision."""
-    return theta.to(dtype).contiguous().view(-1, 6)
+def _coordinates(coords: torch.Tensor, source: str,
+                 dtype: torch.dtype) -> Tuple[torch.Tensor, Tuple[int, int, int, int]]:
+    """A coordinate source as the kernels read it, in the compute precision, with the strides
+    of their co_* arguments: thetas as (N, 6) contiguous rows (strides unused), a grid
+    (N, Ho, Wo, 2) as it is."""
+    if source == "affine":
+        return coords.to(dtype).contiguous().view(-1, 6), (0, 0, 0, 0)
+    grid = coords.to(dtype)
+    return grid, tuple(grid.stride())
 
 
-def affine_grid_sample_forward(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,
-                               mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+def _sample_forward(input: torch.Tensor, coords: torch.Tensor, source: str, out_h: int,
+                    out_w: int, mode: str, padding_mode: str,
+                    align_corners: bool) -> torch.Tensor:
     """Launch the forward kernel; returns (N, C, out_h, out_w) in the input's dtype and layout."""
     _check_device(input.device)
     batch, channels, in_h, in_w = input.shape
@@ -466,22 +511,24 @@ def affine_grid_sample_forward(input: torch.Tensor, theta: torch.Tensor, out_h: 
                          memory_format=output_memory_format(input))
     if output.numel() == 0:
         return output
+    coords_arg, coord_strides = _coordinates(coords, source, _compute_dtype(input.dtype))
     block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
     grid = (batch * triton.cdiv(out_h * out_w, block_pixels),)
     with _device_of(input):
         _forward_kernel[grid](
-            input, _theta_in_compute_dtype(theta, _compute_dtype(input.dtype)), output,
+            input, coords_arg, output,
             channels, in_h, in_w, out_h, out_w,
             *input.stride(), output.stride(0), output.stride(1), output.stride(3),
-            MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
-            INDEX_64=_needs_int64(input, output),
+            *coord_strides,
+            SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+            INDEX_64=_needs_int64(input, output, coords_arg),
             BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
     return output
 
 
 def _deterministic_input_grad(grad_output: torch.Tensor, input: torch.Tensor,
-                              theta_compute: torch.Tensor, mode: str, padding_mode: str,
-                              align_corners: bool) -> torch.Tensor:
+                              coords_arg: torch.Tensor, coord_strides, source: str, mode: str,
+                              padding_mode: str, align_corners: bool) -> torch.Tensor:
     """grad_input without atomics, for torch.use_deterministic_algorithms(True): the stencil
     kernel lists every (input pixel, weight) tap, and index_add_ (deterministic on CUDA in that
     mode: it sorts the indices) accumulates weight * grad_output rows in a fixed order. Costs
@@ -491,73 +538,113 @@ def _deterministic_input_grad(grad_output: torch.Tensor, input: torch.Tensor,
     taps = 1 if mode == "nearest" else 4
     shape = (batch, taps, out_h * out_w)
     tap_index = torch.empty(shape, dtype=torch.int64, device=input.device)
-    tap_weight = torch.empty(shape, dtype=theta_compute.dtype, device=input.device)
+    tap_weight = torch.empty(shape, dtype=coords_arg.dtype, device=input.device)
     block_pixels, _ = _block_sizes(1, out_h * out_w)
     with _device_of(input):
         _stencil_kernel[(batch * triton.cdiv(out_h * out_w, block_pixels),)](
-            theta_compute, tap_index, tap_weight, in_h, in_w, out_h, out_w,
-            MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
-            INDEX_64=_needs_int64(input, grad_output), BLOCK_PIXELS=block_pixels,
+            coords_arg, tap_index, tap_weight, in_h, in_w, out_h, out_w, *coord_strides,
+            SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+            INDEX_64=_needs_int64(input, grad_output, coords_arg), BLOCK_PIXELS=block_pixels,
             num_warps=_NUM_WARPS)
     # (N, taps, pixels, C) contributions, one row per tap.
-    pixel_grads = grad_output.to(theta_compute.dtype).flatten(2).transpose(1, 2).unsqueeze(1)
+    pixel_grads = grad_output.to(coords_arg.dtype).flatten(2).transpose(1, 2).unsqueeze(1)
     contributions = (tap_weight.unsqueeze(-1) * pixel_grads).reshape(-1, channels)
-    rows = torch.zeros((1 + batch * in_h * in_w, channels), dtype=theta_compute.dtype,
+    rows = torch.zeros((1 + batch * in_h * in_w, channels), dtype=coords_arg.dtype,
                        device=input.device)
     rows.index_add_(0, tap_index.view(-1), contributions)
     return (rows[1:].view(batch, in_h, in_w, channels).permute(0, 3, 1, 2)
             .contiguous(memory_format=output_memory_format(input)))
 
 
-def affine_grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor,
-                                theta: torch.Tensor, mode: str, padding_mode: str,
-                                align_corners: bool,
-                                output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel for the gradients output_mask asks for; one not asked for
-    comes back as an empty tensor. Under torch.use_deterministic_algorithms(True) grad_input
-    comes from _deterministic_input_grad instead of atomic adds (grad_theta is deterministic
-    either way)."""
+def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torch.Tensor,
+                     source: str, mode: str, padding_mode: str, align_corners: bool,
+                     output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launch the backward kernel for the gradients output_mask asks for (input, coordinate
+    source); one not asked for comes back as an empty tensor. Under
+    torch.use_deterministic_algorithms(True) grad_input comes from _deterministic_input_grad
+    instead of atomic adds (the coordinate gradient is deterministic either way: per point for
+    a grid, reduced over programs in a fixed order for theta)."""
     _check_device(input.device)
-    need_input_grad, need_theta_grad = output_mask
+    need_input_grad, need_coord_grad = output_mask
     batch, channels, in_h, in_w = input.shape
     out_h, out_w = grad_output.shape[2:]
     compute_dtype = _compute_dtype(input.dtype)
-    theta_compute = _theta_in_compute_dtype(theta, compute_dtype)
+    coords_arg, coord_strides = _coordinates(coords, source, compute_dtype)
     block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
     blocks_per_image = triton.cdiv(out_h * out_w, block_pixels)
     empty = grad_output.numel() == 0
     deterministic_input_grad = (need_input_grad and not empty
                                 and torch.are_deterministic_algorithms_enabled())
-    # Nearest sampling is piecewise constant in theta: its gradient is zero, no kernel needed.
-    theta_grad_in_kernel = need_theta_grad and mode == "bilinear" and not empty
+    # Nearest sampling is piecewise constant in its coordinates: their gradient is zero.
+    coord_grad_in_kernel = need_coord_grad and mode == "bilinear" and not empty
     input_grad_in_kernel = need_input_grad and not deterministic_input_grad
 
     grad_input = (torch.zeros_like(input, dtype=compute_dtype,
                                    memory_format=output_memory_format(input))
                   if input_grad_in_kernel else input.new_empty(0))
-    theta_partials = torch.zeros((batch, blocks_per_image if theta_grad_in_kernel else 0, 6),
+    if source == "affine":  # per-program partial sums of theta's gradient
+        coord_grad = torch.zeros((batch, blocks_per_image if coord_grad_in_kernel else 0, 6),
                                  dtype=compute_dtype, device=input.device)
-    if (input_grad_in_kernel and not empty) or theta_grad_in_kernel:
+    else:  # grad_grid, written for every point by the kernel (zero without one)
+        coord_grad = torch.zeros((batch, out_h, out_w, 2) if need_coord_grad else (0,),
+                                 dtype=compute_dtype, device=input.device)
+    if (input_grad_in_kernel and not empty) or coord_grad_in_kernel:
         # Outputs not asked for get a stand-in pointer that the kernel never touches.
         grad_input_arg = grad_input if input_grad_in_kernel else input
-        partials_arg = theta_partials if theta_grad_in_kernel else theta_compute
+        coord_grad_arg = coord_grad if coord_grad_in_kernel else coords_arg
         with _device_of(input):
             _backward_kernel[(batch * blocks_per_image,)](
-                grad_output, input, theta_compute, grad_input_arg, partials_arg,
+                grad_output, input, coords_arg, grad_input_arg, coord_grad_arg,
                 channels, in_h, in_w, out_h, out_w,
                 *grad_output.stride(), *input.stride(), *grad_input_arg.stride(),
-                MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
-                NEED_INPUT_GRAD=input_grad_in_kernel, NEED_THETA_GRAD=theta_grad_in_kernel,
-                INDEX_64=_needs_int64(grad_output, input, grad_input_arg),
+                *coord_strides,
+                SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+                NEED_INPUT_GRAD=input_grad_in_kernel, NEED_COORD_GRAD=coord_grad_in_kernel,
+                INDEX_64=_needs_int64(grad_output, input, grad_input_arg, coords_arg),
                 BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
     if deterministic_input_grad:
-        grad_input = _deterministic_input_grad(grad_output, input, theta_compute, mode,
-                                               padding_mode, align_corners)
+        grad_input = _deterministic_input_grad(grad_output, input, coords_arg, coord_strides,
+                                               source, mode, padding_mode, align_corners)
 
     grad_input = grad_input.to(input.dtype)  # keeps the layout
-    grad_theta = (theta_partials.sum(1).view(batch, 2, 3).to(theta.dtype) if need_theta_grad
-                  else theta.new_empty(0))
-    return grad_input, grad_theta
+    if not need_coord_grad:
+        grad_coords = coords.new_empty(0)
+    elif source == "affine":
+        grad_coords = coord_grad.sum(1).view(batch, 2, 3).to(coords.dtype)
+    else:
+        grad_coords = coord_grad.to(coords.dtype)
+    return grad_input, grad_coords
+
+
+def affine_grid_sample_forward(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,
+                               mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+    """The fused op's forward: input sampled where thetas map the output grid."""
+    return _sample_forward(input, theta, "affine", out_h, out_w, mode, padding_mode,
+                           align_corners)
+
+
+def affine_grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor,
+                                theta: torch.Tensor, mode: str, padding_mode: str,
+                                align_corners: bool,
+                                output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fused op's backward: (grad_input, grad_theta) as output_mask asks."""
+    return _sample_backward(grad_output, input, theta, "affine", mode, padding_mode,
+                            align_corners, output_mask)
+
+
+def grid_sample_forward(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
+                        align_corners: bool) -> torch.Tensor:
+    """grid_sample's forward on 4-D input, bilinear or nearest, without a fill value."""
+    return _sample_forward(input, grid, "grid", grid.shape[1], grid.shape[2], mode,
+                           padding_mode, align_corners)
+
+
+def grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor, grid: torch.Tensor,
+                         mode: str, padding_mode: str, align_corners: bool,
+                         output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """grid_sample's backward: (grad_input, grad_grid) as output_mask asks."""
+    return _sample_backward(grad_output, input, grid, "grid", mode, padding_mode, align_corners,
+                            output_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,3 +676,38 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor, out_h: int, out
     _check_device(input.device)
     return torch.ops.stn_ext.triton_affine_grid_sample(input, theta, out_h, out_w, mode,
                                                        padding_mode, align_corners)
+
+
+# The general op stn_ext::grid_sample's schema, for what this backend runs: 4-D input, bilinear or
+# nearest, no fill value (stn_ext.functional refuses the rest before calling).
+def _no_fill(fill_value: Optional[torch.Tensor]) -> None:
+    if fill_value is not None:
+        raise NotImplementedError("the Triton grid_sample kernels take no fill_value yet")
+
+
+@torch.library.custom_op("stn_ext::triton_grid_sample", mutates_args=())
+def _grid_sample_op(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
+                    align_corners: bool, fill_value: Optional[torch.Tensor]) -> torch.Tensor:
+    _no_fill(fill_value)
+    return grid_sample_forward(input, grid, mode, padding_mode, align_corners)
+
+
+@torch.library.custom_op("stn_ext::triton_grid_sample_backward", mutates_args=())
+def _grid_sample_backward_op(grad_output: torch.Tensor, input: torch.Tensor, grid: torch.Tensor,
+                             mode: str, padding_mode: str, align_corners: bool,
+                             fill_value: Optional[torch.Tensor],
+                             output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    _no_fill(fill_value)
+    return grid_sample_backward(grad_output, input, grid, mode, padding_mode, align_corners,
+                                output_mask)
+
+
+register_general_op("grid_sample", "stn_ext::triton_grid_sample")
+
+
+def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
+                align_corners: bool) -> torch.Tensor:
+    """The Triton backend of stn_ext.grid_sample, for arguments it has validated."""
+    _check_device(input.device)
+    return torch.ops.stn_ext.triton_grid_sample(input, grid, mode, padding_mode, align_corners,
+                                                None)

@@ -43,9 +43,10 @@ BACKENDS = [
     _triton_param(),
 ]
 
-# The backends with kernels for the general ops (stn_ext.grid_sample, and affine_grid_sample
-# beyond the fused op: 5-D, bicubic, fill values); see stn_ext.functional.GENERAL_OP_BACKENDS.
-GENERAL_BACKENDS = [param for param in BACKENDS if param.id in ("cpu", "cuda", "cuda-emulated")]
+# The backends of the general ops' tests (stn_ext.grid_sample, and affine_grid_sample beyond
+# the fused op: 5-D, bicubic, fill values): every one; Triton runs some combinations and must
+# refuse the others (tests/test_grid_sample.py's TritonGeneralOps).
+GENERAL_BACKENDS = BACKENDS
 
 # The reduced matrix of slow backends: a test case runs there if each of its parameters below
 # takes one of the listed values (parameters not listed take any value), or if its shape is

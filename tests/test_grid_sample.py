@@ -4,6 +4,7 @@ values, gradients (gradcheck in float64), fill values, layouts, non-finite point
 registration and bad input. Every implementation of the general ops runs the same bodies
 (the general_backend fixture of conftest.py)."""
 import itertools
+import types
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch.library import opcheck
 
 import stn_ext
+from stn_ext.functional import FUSED_MODES
 from _reference import (DTYPES, assert_bitwise_identical, assert_close, compute_dtype, max_abs,
                         random_input, repeated_runs, seed_of)
 
@@ -77,9 +79,52 @@ def shape_params():
             for dims, shapes in SHAPES.items() for name, (shape, size) in shapes.items()]
 
 
+class TritonGeneralOps:
+    """The Triton backend as these tests see it: grid_sample on 4-D input, bilinear or nearest,
+    without a fill value (stn_ext::triton_grid_sample), and affine sampling where the fused op
+    covers it. Every other combination must raise NotImplementedError naming the backend; a test
+    that reaches one checks that, then skips."""
+    emulated = False
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.name, self.device = backend.name, backend.device
+
+    @staticmethod
+    def has_kernel(dims, mode, fill_value=None) -> bool:
+        return dims == 2 and mode in FUSED_MODES and fill_value is None
+
+    @staticmethod
+    def _refused(call):
+        with pytest.raises(NotImplementedError, match="backend 'triton' has no kernel for"):
+            call()
+        pytest.skip("Triton refuses this combination with NotImplementedError (checked)")
+
+    def grid_sample(self, input, grid, mode="bilinear", padding_mode="zeros",
+                    align_corners=False, *, fill_value=None):
+        def call():
+            return self._backend.grid_sample(input, grid, mode, padding_mode, align_corners,
+                                             fill_value=fill_value)
+        return call() if self.has_kernel(input.dim() - 2, mode, fill_value) else self._refused(call)
+
+    def affine_sample(self, input, theta, size=None, *, mode="bilinear", fill_value=None,
+                      **config):
+        def call():
+            return self._backend.affine_sample(input, theta, size, mode=mode,
+                                               fill_value=fill_value, **config)
+        return call() if self.has_kernel(input.dim() - 2, mode, fill_value) else self._refused(call)
+
+    @property
+    def general_ops(self):
+        import stn_ext.triton_kernels  # noqa: F401  (registers the Triton ops)
+        return types.SimpleNamespace(grid_sample=torch.ops.stn_ext.triton_grid_sample)
+
+
 @pytest.fixture
 def backend(general_backend):
-    """The tests below run on every backend with kernels for the general ops (conftest.py)."""
+    """The tests below run on every backend (conftest.py); Triton's refusals are checked."""
+    if general_backend.name == "triton":
+        return TritonGeneralOps(general_backend)
     return general_backend
 
 
@@ -102,9 +147,11 @@ def test_grid_sample_parity(backend, config, dtype):
 @pytest.mark.parametrize("dims,shape,size", shape_params())
 @pytest.mark.parametrize("padding_mode", PADDINGS)
 def test_grid_sample_shapes(backend, dims, shape, size, padding_mode):
-    for mode, mode_dims in MODE_DIMS:
-        if mode_dims != dims:
-            continue
+    modes = [mode for mode, mode_dims in MODE_DIMS if mode_dims == dims and (
+        backend.name != "triton" or TritonGeneralOps.has_kernel(dims, mode))]
+    if not modes:
+        pytest.skip(f"no {dims}-D kernels on this backend")
+    for mode in modes:
         for align_corners in (False, True):
             args = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
             x, grid, go = make(shape, size, dims, torch.float64, seed_of(shape, args),
@@ -320,7 +367,7 @@ def test_repeated_backward_is_bitwise_identical(backend, dims):
     x, grid, go = make(shape, size, dims, torch.float32, seed_of("repeat", dims), backend.device)
     with torch.no_grad():
         grid.mul_(0.4)
-    mode = "bicubic" if dims == 2 else "bilinear"
+    mode = "bicubic" if dims == 2 and backend.name != "triton" else "bilinear"
     runs = repeated_runs(
         backend, lambda: grads(lambda x, g: backend.grid_sample(x, g, mode), x, grid, go), 3)
     assert_bitwise_identical(runs)
@@ -346,12 +393,19 @@ def test_opcheck_and_compile(backend, dims):
     grid = random_grid(shape[0], size, dims, seed=2, device=backend.device)
     theta = random_affine(shape[0], dims, seed=3, device=backend.device)
     fill = torch.arange(shape[1], dtype=torch.float64, device=backend.device)
-    opcheck(backend.general_ops.grid_sample.default,
-            (x, grid, "bilinear", "zeros", False, fill))
-    opcheck(backend.general_ops.affine_sample.default,
-            (x.requires_grad_(), theta.requires_grad_(), list(size), "nearest", "border", True,
-             None))
-    mode = "bicubic" if dims == 2 else "bilinear"
+    if backend.name == "triton":  # (its kernels: 4-D, bilinear or nearest, no fill)
+        if dims == 3:
+            pytest.skip("Triton has no 3-D kernels")
+        fill = None
+        opcheck(backend.general_ops.grid_sample.default,
+                (x.requires_grad_(), grid.requires_grad_(), "bilinear", "zeros", False, None))
+    else:
+        opcheck(backend.general_ops.grid_sample.default,
+                (x, grid, "bilinear", "zeros", False, fill))
+        opcheck(backend.general_ops.affine_sample.default,
+                (x.requires_grad_(), theta.requires_grad_(), list(size), "nearest", "border",
+                 True, None))
+    mode = "bicubic" if dims == 2 and backend.name != "triton" else "bilinear"
     compiled = torch.compile(lambda x, g: backend.grid_sample(x, g, mode, fill_value=fill),
                              fullgraph=True)
     assert_close(compiled(x, grid), reference(x, grid, mode=mode, padding_mode="zeros",
@@ -362,11 +416,12 @@ def test_opcheck_and_compile(backend, dims):
 def test_autocast(backend):
     x = torch.randn(2, 3, 5, 6, dtype=torch.bfloat16, device=backend.device)
     grid = random_grid(2, (4, 4), 2, seed=4, dtype=torch.bfloat16, device=backend.device)
+    mode, fill = ("bilinear", None) if backend.name == "triton" else ("bicubic", 1.0)
     with torch.autocast(backend.device, dtype=torch.bfloat16):
-        out = backend.grid_sample(x, grid, "bicubic", fill_value=1.0)
+        out = backend.grid_sample(x, grid, mode, fill_value=fill)
     assert out.dtype == torch.float32
-    assert_close(out, reference(x.float(), grid.float(), mode="bicubic", padding_mode="zeros",
-                                align_corners=False, fill_value=1.0), torch.float32, "autocast")
+    assert_close(out, reference(x.float(), grid.float(), mode=mode, padding_mode="zeros",
+                                align_corners=False, fill_value=fill), torch.float32, "autocast")
 
 
 SIZE_FORMS = {

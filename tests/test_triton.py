@@ -259,8 +259,9 @@ def test_cuda_larger_images(config, dtype):
 # ----------------------------------------------------------------------------------------------
 
 # Compiles the kernels for an H100 (Triton's own PTX and cubin generation, no GPU needed) for
-# two variants that between them cover every dtype path, padding with arithmetic, nearest,
-# 64-bit indexing, and unit strides specialised as the JIT does for contiguous tensors.
+# three variants that between them cover every dtype path, both coordinate sources (and both
+# coordinate gradients), padding with arithmetic, nearest, 64-bit indexing, and unit strides
+# specialised as the JIT does for contiguous tensors.
 COMPILE_FOR_SM90 = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -274,25 +275,26 @@ COMPILE_FOR_SM90 = textwrap.dedent("""
         triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
-    for data, compute, mode, padding, aligned, index_64, unit_strides in [
-            ("bf16", "fp32", "bilinear", "reflection", False, True, {}),
-            ("fp64", "fp64", "nearest", "border", True, False,
+    for source, data, compute, mode, padding, aligned, index_64, unit_strides in [
+            ("grid", "bf16", "fp32", "bilinear", "reflection", False, True, {}),
+            ("affine", "fp32", "fp32", "bilinear", "zeros", False, False, {}),
+            ("affine", "fp64", "fp64", "nearest", "border", True, False,
              dict(in_sw=1, out_s_pixel=1, go_sw=1, gi_sw=1))]:
-        options = dict(MODE=mode, PADDING=padding, ALIGN_CORNERS=aligned, INDEX_64=index_64,
-                       BLOCK_PIXELS=64, BLOCK_CHANNELS=4)
+        options = dict(SOURCE=source, MODE=mode, PADDING=padding, ALIGN_CORNERS=aligned,
+                       INDEX_64=index_64, BLOCK_PIXELS=64, BLOCK_CHANNELS=4)
         compile(tk._forward_kernel,
-                {"input_ptr": "*" + data, "theta_ptr": "*" + compute, "output_ptr": "*" + data},
+                {"input_ptr": "*" + data, "coords_ptr": "*" + compute, "output_ptr": "*" + data},
                 dict(options, **{k: v for k, v in unit_strides.items()
                                  if k in tk._forward_kernel.arg_names}))
         compile(tk._backward_kernel,
                 {"grad_output_ptr": "*" + data, "input_ptr": "*" + data,
-                 "theta_ptr": "*" + compute, "grad_input_ptr": "*" + compute,
-                 "theta_partials_ptr": "*" + compute},
-                dict(options, NEED_INPUT_GRAD=True, NEED_THETA_GRAD=mode == "bilinear",
+                 "coords_ptr": "*" + compute, "grad_input_ptr": "*" + compute,
+                 "coord_grad_ptr": "*" + compute},
+                dict(options, NEED_INPUT_GRAD=True, NEED_COORD_GRAD=mode == "bilinear",
                      **{k: v for k, v in unit_strides.items()
                         if k in tk._backward_kernel.arg_names}))
         compile(tk._stencil_kernel,
-                {"theta_ptr": "*" + compute, "tap_index_ptr": "*i64",
+                {"coords_ptr": "*" + compute, "tap_index_ptr": "*i64",
                  "tap_weight_ptr": "*" + compute},
                 {k: v for k, v in options.items() if k != "BLOCK_CHANNELS"})
 """)
