@@ -221,6 +221,22 @@ GENERAL_CASES = {  # (mode, dims, fill)
 }
 
 
+def general_results(backend, x, grid, theta, out_size, grad_output, config):
+    """(output, grad input, grad grid) of grid_sample and (output, grad input, grad theta) of
+    affine sampling on `backend` (the CPU kernels, which equal F.grid_sample, as the reference:
+    tests/test_grid_sample.py)."""
+    return (grads(lambda a, g: backend.grid_sample(a, g, **config), x, grid, grad_output)
+            + grads(lambda a, t: backend.affine_sample(a, t, out_size, **config), x, theta,
+                    grad_output))
+
+
+def assert_general_close(got, want, dtype):
+    names = ["grid output", "grid grad input", "grad grid",
+             "affine output", "affine grad input", "grad theta"]
+    for g, w, what in zip(got, want, names):
+        assert_close(g, w, dtype, what, scale=max_abs(w))
+
+
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
 @pytest.mark.parametrize("case", GENERAL_CASES.values(), ids=GENERAL_CASES.keys())
 def test_general_launch_geometry(case, deterministic):
@@ -241,22 +257,12 @@ def test_general_launch_geometry(case, deterministic):
              ).requires_grad_()
     grad_output = random_input((*shape[:2], *out_size), seed=seed + 1)
     config = dict(mode=mode, padding_mode="zeros", align_corners=False, fill_value=fill)
-    # The CPU kernels as the reference (they equal F.grid_sample: tests/test_grid_sample.py).
-    cpu = Backend("cpu", "cpu")
-    want = (grads(lambda a, g: cpu.grid_sample(a, g, **config), x, grid, grad_output)
-            + grads(lambda a, t: cpu.affine_sample(a, t, out_size, **config), x, theta,
-                    grad_output))
+    want = general_results(Backend("cpu", "cpu"), x, grid, theta, out_size, grad_output, config)
     mode_ctx = deterministic_mode() if deterministic else torch.autograd.set_grad_enabled(True)
     with mode_ctx, cuda_emulation.device_limits(max_grid_y=max_grid_y,
                                                  block_order_seed=block_order_seed):
-        got = (grads(lambda a, g: cuda_emulation.grid_sample(a, g, **config), x, grid,
-                     grad_output)
-               + grads(lambda a, t: cuda_emulation.affine_sample(a, t, out_size, **config), x,
-                       theta, grad_output))
-    names = ["grid output", "grid grad input", "grad grid",
-             "affine output", "affine grad input", "grad theta"]
-    for g, w, what in zip(got, want, names):
-        assert_close(g, w, torch.float64, what, scale=max_abs(w))
+        got = general_results(EMULATED, x, grid, theta, out_size, grad_output, config)
+    assert_general_close(got, want, torch.float64)
 
 
 GENERAL_LANE_CASES = {  # (mode, dims, fill, channels): channels_last(_3d) inputs
@@ -303,10 +309,7 @@ def test_general_lanes_across_channels(case, dtype, deterministic):
     def threads(items):  # one block column per image
         return -(-items // 256) * 256 * shape[0]
 
-    cpu = Backend("cpu", "cpu")
-    want = (grads(lambda a, g: cpu.grid_sample(a, g, **config), x, grid, grad_output)
-            + grads(lambda a, t: cpu.affine_sample(a, t, out_size, **config), x, theta,
-                    grad_output))
+    want = general_results(Backend("cpu", "cpu"), x, grid, theta, out_size, grad_output, config)
     mode_ctx = deterministic_mode() if deterministic else torch.autograd.set_grad_enabled(True)
     with mode_ctx:
         before = cuda_emulation.launched_threads()
@@ -320,14 +323,8 @@ def test_general_lanes_across_channels(case, dtype, deterministic):
                                      [True, True])
             assert (cuda_emulation.launched_threads() - before
                     == threads(points * backward_groups))
-        got = (grads(lambda a, g: cuda_emulation.grid_sample(a, g, **config), x, grid,
-                     grad_output)
-               + grads(lambda a, t: cuda_emulation.affine_sample(a, t, out_size, **config), x,
-                       theta, grad_output))
-    names = ["grid output", "grid grad input", "grad grid",
-             "affine output", "affine grad input", "grad theta"]
-    for g, w, what in zip(got, want, names):
-        assert_close(g, w, dtype, what, scale=max_abs(w))
+        got = general_results(EMULATED, x, grid, theta, out_size, grad_output, config)
+    assert_general_close(got, want, dtype)
 
 
 # Launches per call of the general ops: as the fused op's (LAUNCHES).
