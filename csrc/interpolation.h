@@ -71,6 +71,17 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE int8_t axis_status(T coord, int64_t size, Padd
   return undefined ? kUndefined : far ? kOutside : kHasTaps;
 }
 
+// The status an axis' taps give a point: kOutside where none of them lies inside (zeros padding,
+// a point within a stencil's reach of the image but outside it), kHasTaps otherwise. Such a point
+// reads the fill value exactly, as F.grid_sample(input - fill) + fill does, and not a weighted
+// sum of it, which rounding can move off it; its coordinate gradient is zero.
+template <typename T, int kTaps, typename Index>
+C10_HOST_DEVICE C10_ALWAYS_INLINE int8_t taps_status(const AxisTaps<T, kTaps, Index>& t) {
+  int32_t any_inside = 0;
+  for (int k = 0; k < kTaps; ++k) any_inside |= t.inside[k];
+  return any_inside ? kHasTaps : kOutside;
+}
+
 struct NearestPolicy {
   static constexpr Interpolation kMode = Interpolation::Nearest;
   static constexpr CoordinateKind kCoordinate = CoordinateKind::Padded;

@@ -17,8 +17,8 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # What each op runs on. The fused 2-D affine op (stn_ext::affine_grid_sample) covers modes
 # FUSED_MODES on 4-D input without a fill value on every backend; everything else goes through
 # the general ops (stn_ext::grid_sample, stn_ext::affine_sample), which have CPU and CUDA kernels
-# for every combination. Triton has grid_sample for the fused op's combinations
-# (stn_ext::triton_grid_sample), and no kernel for the rest yet.
+# for every combination. Triton runs both on 4-D input in modes FUSED_MODES, fill value or not
+# (stn_ext::triton_grid_sample, ::triton_affine_sample), and has no kernel for the rest yet.
 FUSED_MODES = ("bilinear", "nearest")
 GENERAL_OP_BACKENDS = ("cpu", "cuda", "torch")
 
@@ -217,6 +217,11 @@ def _is_fused(input: torch.Tensor, mode: str, fill: Optional[torch.Tensor]) -> b
     return input.dim() == 4 and mode in FUSED_MODES and fill is None
 
 
+def _triton_has_kernel(input: torch.Tensor, mode: str) -> bool:
+    """Whether the Triton backend runs this general-op combination (any fill value)."""
+    return input.dim() == 4 and mode in FUSED_MODES
+
+
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type == "cpu":
@@ -294,7 +299,7 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
         fill_value: None, a number, or one number per channel (sequence or tensor): taps outside
             the input read it instead of zero (padding_mode "zeros" only). Not differentiated.
         backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda",
-            "triton" (4-D input, bilinear or nearest, no fill value; other combinations raise
+            "triton" (4-D input, bilinear or nearest; other combinations raise
             NotImplementedError), or "torch" (PyTorch's op). The CUDA and Triton backwards are
             deterministic under ``torch.use_deterministic_algorithms(True)`` (no atomics).
     """
@@ -303,12 +308,12 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
     _checked_backend(backend)
     backend = _resolve_general_backend("grid_sample", backend, input.device,
                                        _combination(input, mode, fill),
-                                       triton_has_kernel=_is_fused(input, mode, fill))
+                                       triton_has_kernel=_triton_has_kernel(input, mode))
     if backend == "torch":
         return _torch_grid_sample(input, grid, mode, padding_mode, align_corners, fill)
     if backend == "triton":
         from . import triton_kernels
-        return triton_kernels.grid_sample(input, grid, mode, padding_mode, align_corners)
+        return triton_kernels.grid_sample(input, grid, mode, padding_mode, align_corners, fill)
     return torch.ops.stn_ext.grid_sample(input, grid, mode, padding_mode, align_corners, fill)
 
 
@@ -335,7 +340,7 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor,
         fill_value: as in :func:`grid_sample`.
         backend: "auto" (the compiled kernel of the tensors' device), "cpu", "cuda", "triton",
             or "torch" (PyTorch's own two ops, for reference). 4-D bilinear/nearest sampling
-            without a fill runs on all of them; the rest on all but "triton" so far.
+            runs on all of them; the rest (5-D, bicubic) on all but "triton" so far.
     """
     input, theta, out_size, fill = checked_affine_arguments(input, theta, size, mode,
                                                             padding_mode, align_corners, fill_value)
@@ -344,10 +349,15 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor,
         backend = _resolve_backend(backend, input.device)
     else:
         backend = _resolve_general_backend("affine_grid_sample", backend, input.device,
-                                           _combination(input, mode, fill))
+                                           _combination(input, mode, fill),
+                                           triton_has_kernel=_triton_has_kernel(input, mode))
     if backend == "torch":
         grid = F.affine_grid(theta, [*input.shape[:2], *out_size], align_corners=align_corners)
         return _torch_grid_sample(input, grid, mode, padding_mode, align_corners, fill)
+    if backend == "triton" and not _is_fused(input, mode, fill):
+        from . import triton_kernels
+        return triton_kernels.affine_sample(input, theta, out_size, mode, padding_mode,
+                                            align_corners, fill)
     if not _is_fused(input, mode, fill):
         return torch.ops.stn_ext.affine_sample(input, theta, list(out_size), mode, padding_mode,
                                                align_corners, fill)

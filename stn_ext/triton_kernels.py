@@ -248,6 +248,19 @@ def _load_stencil(src, tap00, sh, sw, ok00, ok01, ok10, ok11, c_ok, dtype):
     return v00.to(dtype), v01.to(dtype), v10.to(dtype), v11.to(dtype)
 
 
+@triton.jit
+def _channel_fill(fill_ptr, c, channels, dtype):
+    """The fill values of a block of channels, as a [BLOCK_CHANNELS, 1] column."""
+    return tl.load(fill_ptr + c, mask=c < channels, other=0.0).to(dtype)[:, None]
+
+
+@triton.jit
+def _filled_stencil(v00, v01, v10, v11, ok00, ok01, ok10, ok11, fill):
+    """A bilinear stencil's taps with those outside the image reading the fill value."""
+    return (tl.where(ok00[None, :], v00, fill), tl.where(ok01[None, :], v01, fill),
+            tl.where(ok10[None, :], v10, fill), tl.where(ok11[None, :], v11, fill))
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward kernel
 # ----------------------------------------------------------------------------------------------
@@ -255,12 +268,13 @@ def _load_stencil(src, tap00, sh, sw, ok00, ok01, ok10, ok11, c_ok, dtype):
 @triton.jit(do_not_specialize=_SIZE_ARGS)
 def _forward_kernel(
     input_ptr, coords_ptr, output_ptr,    # coords: thetas or grid (SOURCE), compute precision
+    fill_ptr,                             # HAS_FILL: one value per channel, compute precision
     channels, in_h, in_w, out_h, out_w,
     in_sn, in_sc, in_sh, in_sw,
     out_sn, out_sc, out_s_pixel,
     co_sn, co_sh, co_sw, co_sc,           # the grid's strides (SOURCE "grid")
     SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
-    ALIGN_CORNERS: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
 ):
     # The output is contiguous or channels_last: pixel p of a channel is at p * out_s_pixel,
@@ -289,12 +303,21 @@ def _forward_kernel(
         src = input_image + c[:, None] * in_sc
         if MODE == "nearest":
             value = tl.load(src + tap[None, :], mask=tap_ok[None, :] & c_ok, other=0.0).to(dtype)
+            if HAS_FILL:
+                value = tl.where(tap_ok[None, :], value, _channel_fill(fill_ptr, c, channels,
+                                                                       dtype))
         else:
             v00, v01, v10, v11 = _load_stencil(src, tap00, in_sh, in_sw, ok00, ok01, ok10, ok11,
                                                c_ok, dtype)
+            if HAS_FILL:
+                fill = _channel_fill(fill_ptr, c, channels, dtype)
+                v00, v01, v10, v11 = _filled_stencil(v00, v01, v10, v11, ok00, ok01, ok10, ok11,
+                                                     fill)
             # The C++ kernels' order of additions (a skipped tap there adds an exact zero here).
             value = ((west * north)[None, :] * v00 + (east * north)[None, :] * v01
                      + (west * south)[None, :] * v10 + (east * south)[None, :] * v11)
+            if HAS_FILL:  # a point without a tap in the image reads the fill exactly
+                value = tl.where((ok00 | ok01 | ok10 | ok11)[None, :], value, fill)
         value = tl.where(undefined[None, :], float("nan"), value)
         dst = output_image + c[:, None] * out_sc + (pixels * out_s_pixel)[None, :]
         tl.store(dst, value.to(output_ptr.dtype.element_ty), mask=pixel_ok[None, :] & c_ok)
@@ -308,13 +331,14 @@ def _forward_kernel(
 def _backward_kernel(
     grad_output_ptr, input_ptr, coords_ptr, grad_input_ptr,
     coord_grad_ptr,  # "affine": theta partials (programs, 6); "grid": grad_grid (N, Ho, Wo, 2)
+    fill_ptr,        # HAS_FILL: one value per channel (taps outside read it)
     channels, in_h, in_w, out_h, out_w,
     go_sn, go_sc, go_sh, go_sw,
     in_sn, in_sc, in_sh, in_sw,
     gi_sn, gi_sc, gi_sh, gi_sw,
     co_sn, co_sh, co_sw, co_sc,
     SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
-    ALIGN_CORNERS: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
     NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
 ):
@@ -366,6 +390,9 @@ def _backward_kernel(
         if NEED_COORD_GRAD:
             v00, v01, v10, v11 = _load_stencil(input_image + c[:, None] * in_sc, tap00, in_sh,
                                                in_sw, ok00, ok01, ok10, ok11, c_ok, dtype)
+            if HAS_FILL:
+                v00, v01, v10, v11 = _filled_stencil(v00, v01, v10, v11, ok00, ok01, ok10, ok11,
+                                                     _channel_fill(fill_ptr, c, channels, dtype))
             d_ix = (v01 - v00) * north[None, :] + (v11 - v10) * south[None, :]
             d_iy = (v10 - v00) * west[None, :] + (v11 - v01) * east[None, :]
             grad_ix += _sum(g * d_ix, axis=0)
@@ -501,10 +528,17 @@ def _coordinates(coords: torch.Tensor, source: str,
     return grid, tuple(grid.stride())
 
 
+def _fill_in(fill: Optional[torch.Tensor], dtype: torch.dtype,
+             stand_in: torch.Tensor) -> torch.Tensor:
+    """The fill values as the kernels read them, or a pointer they never touch (HAS_FILL off)."""
+    return stand_in if fill is None else fill.to(dtype).contiguous()
+
+
 def _sample_forward(input: torch.Tensor, coords: torch.Tensor, source: str, out_h: int,
-                    out_w: int, mode: str, padding_mode: str,
-                    align_corners: bool) -> torch.Tensor:
-    """Launch the forward kernel; returns (N, C, out_h, out_w) in the input's dtype and layout."""
+                    out_w: int, mode: str, padding_mode: str, align_corners: bool,
+                    fill: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Launch the forward kernel; returns (N, C, out_h, out_w) in the input's dtype and layout.
+    fill: one value per channel that taps outside the image read, or None (zero)."""
     _check_device(input.device)
     batch, channels, in_h, in_w = input.shape
     output = torch.empty((batch, channels, out_h, out_w), dtype=input.dtype, device=input.device,
@@ -516,12 +550,12 @@ def _sample_forward(input: torch.Tensor, coords: torch.Tensor, source: str, out_
     grid = (batch * triton.cdiv(out_h * out_w, block_pixels),)
     with _device_of(input):
         _forward_kernel[grid](
-            input, coords_arg, output,
+            input, coords_arg, output, _fill_in(fill, coords_arg.dtype, coords_arg),
             channels, in_h, in_w, out_h, out_w,
             *input.stride(), output.stride(0), output.stride(1), output.stride(3),
             *coord_strides,
             SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
-            INDEX_64=_needs_int64(input, output, coords_arg),
+            HAS_FILL=fill is not None, INDEX_64=_needs_int64(input, output, coords_arg),
             BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
     return output
 
@@ -558,7 +592,8 @@ def _deterministic_input_grad(grad_output: torch.Tensor, input: torch.Tensor,
 
 def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torch.Tensor,
                      source: str, mode: str, padding_mode: str, align_corners: bool,
-                     output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+                     output_mask: Sequence[bool],
+                     fill: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Launch the backward kernel for the gradients output_mask asks for (input, coordinate
     source); one not asked for comes back as an empty tensor. Under
     torch.use_deterministic_algorithms(True) grad_input comes from _deterministic_input_grad
@@ -595,11 +630,12 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
         with _device_of(input):
             _backward_kernel[(batch * blocks_per_image,)](
                 grad_output, input, coords_arg, grad_input_arg, coord_grad_arg,
+                _fill_in(fill, compute_dtype, coords_arg),
                 channels, in_h, in_w, out_h, out_w,
                 *grad_output.stride(), *input.stride(), *grad_input_arg.stride(),
                 *coord_strides,
                 SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
-                NEED_INPUT_GRAD=input_grad_in_kernel, NEED_COORD_GRAD=coord_grad_in_kernel,
+                HAS_FILL=fill is not None, NEED_INPUT_GRAD=input_grad_in_kernel, NEED_COORD_GRAD=coord_grad_in_kernel,
                 INDEX_64=_needs_int64(grad_output, input, grad_input_arg, coords_arg),
                 BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
     if deterministic_input_grad:
@@ -632,19 +668,6 @@ def affine_grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor,
                             align_corners, output_mask)
 
 
-def grid_sample_forward(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
-                        align_corners: bool) -> torch.Tensor:
-    """grid_sample's forward on 4-D input, bilinear or nearest, without a fill value."""
-    return _sample_forward(input, grid, "grid", grid.shape[1], grid.shape[2], mode,
-                           padding_mode, align_corners)
-
-
-def grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor, grid: torch.Tensor,
-                         mode: str, padding_mode: str, align_corners: bool,
-                         output_mask: Sequence[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """grid_sample's backward: (grad_input, grad_grid) as output_mask asks."""
-    return _sample_backward(grad_output, input, grid, "grid", mode, padding_mode, align_corners,
-                            output_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,18 +701,15 @@ def affine_grid_sample(input: torch.Tensor, theta: torch.Tensor, out_h: int, out
                                                        padding_mode, align_corners)
 
 
-# The general op stn_ext::grid_sample's schema, for what this backend runs: 4-D input, bilinear or
-# nearest, no fill value (stn_ext.functional refuses the rest before calling).
-def _no_fill(fill_value: Optional[torch.Tensor]) -> None:
-    if fill_value is not None:
-        raise NotImplementedError("the Triton grid_sample kernels take no fill_value yet")
-
+# The general ops (schemas of stn_ext::grid_sample and stn_ext::affine_sample) for what this
+# backend runs: 4-D input, bilinear or nearest, with or without a fill value (stn_ext.functional
+# refuses the rest before calling).
 
 @torch.library.custom_op("stn_ext::triton_grid_sample", mutates_args=())
 def _grid_sample_op(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
                     align_corners: bool, fill_value: Optional[torch.Tensor]) -> torch.Tensor:
-    _no_fill(fill_value)
-    return grid_sample_forward(input, grid, mode, padding_mode, align_corners)
+    return _sample_forward(input, grid, "grid", grid.shape[1], grid.shape[2], mode,
+                           padding_mode, align_corners, fill_value)
 
 
 @torch.library.custom_op("stn_ext::triton_grid_sample_backward", mutates_args=())
@@ -697,17 +717,44 @@ def _grid_sample_backward_op(grad_output: torch.Tensor, input: torch.Tensor, gri
                              mode: str, padding_mode: str, align_corners: bool,
                              fill_value: Optional[torch.Tensor],
                              output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
-    _no_fill(fill_value)
-    return grid_sample_backward(grad_output, input, grid, mode, padding_mode, align_corners,
-                                output_mask)
+    return _sample_backward(grad_output, input, grid, "grid", mode, padding_mode, align_corners,
+                            output_mask, fill_value)
+
+
+@torch.library.custom_op("stn_ext::triton_affine_sample", mutates_args=())
+def _affine_sample_op(input: torch.Tensor, theta: torch.Tensor, out_size: List[int], mode: str,
+                      padding_mode: str, align_corners: bool,
+                      fill_value: Optional[torch.Tensor]) -> torch.Tensor:
+    return _sample_forward(input, theta, "affine", *out_size, mode, padding_mode, align_corners,
+                           fill_value)
+
+
+@torch.library.custom_op("stn_ext::triton_affine_sample_backward", mutates_args=())
+def _affine_sample_backward_op(grad_output: torch.Tensor, input: torch.Tensor,
+                               theta: torch.Tensor, mode: str, padding_mode: str,
+                               align_corners: bool, fill_value: Optional[torch.Tensor],
+                               output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _sample_backward(grad_output, input, theta, "affine", mode, padding_mode,
+                            align_corners, output_mask, fill_value)
 
 
 register_general_op("grid_sample", "stn_ext::triton_grid_sample")
+register_general_op("affine_sample", "stn_ext::triton_affine_sample")
 
 
 def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str,
-                align_corners: bool) -> torch.Tensor:
+                align_corners: bool, fill: Optional[torch.Tensor]) -> torch.Tensor:
     """The Triton backend of stn_ext.grid_sample, for arguments it has validated."""
     _check_device(input.device)
     return torch.ops.stn_ext.triton_grid_sample(input, grid, mode, padding_mode, align_corners,
-                                                None)
+                                                fill)
+
+
+def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Sequence[int], mode: str,
+                  padding_mode: str, align_corners: bool,
+                  fill: Optional[torch.Tensor]) -> torch.Tensor:
+    """The Triton backend of stn_ext.affine_grid_sample with a fill value (the general op's
+    schema), for arguments it has validated."""
+    _check_device(input.device)
+    return torch.ops.stn_ext.triton_affine_sample(input, theta, list(out_size), mode,
+                                                  padding_mode, align_corners, fill)

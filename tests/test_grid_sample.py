@@ -80,10 +80,10 @@ def shape_params():
 
 
 class TritonGeneralOps:
-    """The Triton backend as these tests see it: grid_sample on 4-D input, bilinear or nearest,
-    without a fill value (stn_ext::triton_grid_sample), and affine sampling where the fused op
-    covers it. Every other combination must raise NotImplementedError naming the backend; a test
-    that reaches one checks that, then skips."""
+    """The Triton backend as these tests see it: grid_sample and affine sampling on 4-D input,
+    bilinear or nearest, with or without a fill value (stn_ext::triton_grid_sample,
+    ::triton_affine_sample, and the fused op without a fill). Every other combination must raise
+    NotImplementedError naming the backend; a test that reaches one checks that, then skips."""
     emulated = False
 
     def __init__(self, backend):
@@ -91,8 +91,8 @@ class TritonGeneralOps:
         self.name, self.device = backend.name, backend.device
 
     @staticmethod
-    def has_kernel(dims, mode, fill_value=None) -> bool:
-        return dims == 2 and mode in FUSED_MODES and fill_value is None
+    def has_kernel(dims, mode) -> bool:
+        return dims == 2 and mode in FUSED_MODES
 
     @staticmethod
     def _refused(call):
@@ -105,19 +105,20 @@ class TritonGeneralOps:
         def call():
             return self._backend.grid_sample(input, grid, mode, padding_mode, align_corners,
                                              fill_value=fill_value)
-        return call() if self.has_kernel(input.dim() - 2, mode, fill_value) else self._refused(call)
+        return call() if self.has_kernel(input.dim() - 2, mode) else self._refused(call)
 
     def affine_sample(self, input, theta, size=None, *, mode="bilinear", fill_value=None,
                       **config):
         def call():
             return self._backend.affine_sample(input, theta, size, mode=mode,
                                                fill_value=fill_value, **config)
-        return call() if self.has_kernel(input.dim() - 2, mode, fill_value) else self._refused(call)
+        return call() if self.has_kernel(input.dim() - 2, mode) else self._refused(call)
 
     @property
     def general_ops(self):
         import stn_ext.triton_kernels  # noqa: F401  (registers the Triton ops)
-        return types.SimpleNamespace(grid_sample=torch.ops.stn_ext.triton_grid_sample)
+        return types.SimpleNamespace(grid_sample=torch.ops.stn_ext.triton_grid_sample,
+                                     affine_sample=torch.ops.stn_ext.triton_affine_sample)
 
 
 @pytest.fixture
@@ -195,13 +196,20 @@ def test_fill_value(backend, mode, dims, fill):
     assert_close(out, ref, torch.float64, "output")
     assert_close(gx, rgx, torch.float64, "grad input", scale=max_abs(rgx))
     assert_close(gg, rgg, torch.float64, "grad grid", scale=max_abs(rgg))
-    # Points far outside read the fill exactly.
-    far = torch.full_like(grid.detach(), 5.0)
-    far_out = backend.grid_sample(x.detach(), far, **args, fill_value=fill_arg)
+    # Points far outside read the fill exactly; so do points just left of the image, whose
+    # taps all fall outside it (pixel x in (-2, -1), or (-3, -2) for bicubic's wider stencil),
+    # where the weights times the fill would not always sum to it exactly.
     expected = torch.as_tensor(fill_arg, dtype=torch.float64, device=backend.device)
     expected = expected.expand(shape[1])
-    assert torch.equal(far_out.movedim(1, -1).reshape(-1, shape[1]),
-                       expected.expand(far_out.numel() // shape[1], -1))
+    reach = 2 if mode == "bicubic" else 1
+    pixel_x = torch.linspace(-reach - 0.95, -reach - 0.05, grid[..., 0].numel(),
+                             dtype=torch.float64, device=backend.device)
+    just_left = grid.detach().clone()
+    just_left[..., 0] = ((2 * pixel_x + 1) / shape[-1] - 1).view_as(grid[..., 0])
+    for outside in (torch.full_like(grid.detach(), 5.0), just_left):
+        out_of_image = backend.grid_sample(x.detach(), outside, **args, fill_value=fill_arg)
+        assert torch.equal(out_of_image.movedim(1, -1).reshape(-1, shape[1]),
+                           expected.expand(out_of_image.numel() // shape[1], -1))
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
@@ -229,7 +237,8 @@ def affine_reference(x, theta, size, fill_value=None, **args):
 
 AFFINE_CASES = [  # (mode, dims, fill): what the fused 2-D op does not cover
     ("bilinear", 3, None), ("nearest", 3, None), ("bicubic", 2, None),
-    ("bilinear", 2, [0.5, -1.0, 2.0]), ("bicubic", 2, 0.25), ("bilinear", 3, [1.0, 2.0, 3.0]),
+    ("bilinear", 2, [0.5, -1.0, 2.0]), ("nearest", 2, -0.5), ("bicubic", 2, 0.25),
+    ("bilinear", 3, [1.0, 2.0, 3.0]),
 ]
 
 
@@ -393,18 +402,13 @@ def test_opcheck_and_compile(backend, dims):
     grid = random_grid(shape[0], size, dims, seed=2, device=backend.device)
     theta = random_affine(shape[0], dims, seed=3, device=backend.device)
     fill = torch.arange(shape[1], dtype=torch.float64, device=backend.device)
-    if backend.name == "triton":  # (its kernels: 4-D, bilinear or nearest, no fill)
-        if dims == 3:
-            pytest.skip("Triton has no 3-D kernels")
-        fill = None
-        opcheck(backend.general_ops.grid_sample.default,
-                (x.requires_grad_(), grid.requires_grad_(), "bilinear", "zeros", False, None))
-    else:
-        opcheck(backend.general_ops.grid_sample.default,
-                (x, grid, "bilinear", "zeros", False, fill))
-        opcheck(backend.general_ops.affine_sample.default,
-                (x.requires_grad_(), theta.requires_grad_(), list(size), "nearest", "border",
-                 True, None))
+    if backend.name == "triton" and dims == 3:
+        pytest.skip("Triton has no 3-D kernels")
+    opcheck(backend.general_ops.grid_sample.default,
+            (x, grid, "bilinear", "zeros", False, fill))
+    opcheck(backend.general_ops.affine_sample.default,
+            (x.requires_grad_(), theta.requires_grad_(), list(size), "nearest", "border", True,
+             None))
     mode = "bicubic" if dims == 2 and backend.name != "triton" else "bilinear"
     compiled = torch.compile(lambda x, g: backend.grid_sample(x, g, mode, fill_value=fill),
                              fullgraph=True)
@@ -416,12 +420,12 @@ def test_opcheck_and_compile(backend, dims):
 def test_autocast(backend):
     x = torch.randn(2, 3, 5, 6, dtype=torch.bfloat16, device=backend.device)
     grid = random_grid(2, (4, 4), 2, seed=4, dtype=torch.bfloat16, device=backend.device)
-    mode, fill = ("bilinear", None) if backend.name == "triton" else ("bicubic", 1.0)
+    mode = "bilinear" if backend.name == "triton" else "bicubic"
     with torch.autocast(backend.device, dtype=torch.bfloat16):
-        out = backend.grid_sample(x, grid, mode, fill_value=fill)
+        out = backend.grid_sample(x, grid, mode, fill_value=1.0)
     assert out.dtype == torch.float32
     assert_close(out, reference(x.float(), grid.float(), mode=mode, padding_mode="zeros",
-                                align_corners=False, fill_value=fill), torch.float32, "autocast")
+                                align_corners=False, fill_value=1.0), torch.float32, "autocast")
 
 
 SIZE_FORMS = {

@@ -260,8 +260,8 @@ def test_cuda_larger_images(config, dtype):
 
 # Compiles the kernels for an H100 (Triton's own PTX and cubin generation, no GPU needed) for
 # three variants that between them cover every dtype path, both coordinate sources (and both
-# coordinate gradients), padding with arithmetic, nearest, 64-bit indexing, and unit strides
-# specialised as the JIT does for contiguous tensors.
+# coordinate gradients), a fill value, padding with arithmetic, nearest, 64-bit indexing, and
+# unit strides specialised as the JIT does for contiguous tensors.
 COMPILE_FOR_SM90 = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -275,22 +275,24 @@ COMPILE_FOR_SM90 = textwrap.dedent("""
         triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
-    for source, data, compute, mode, padding, aligned, index_64, unit_strides in [
-            ("grid", "bf16", "fp32", "bilinear", "reflection", False, True, {}),
-            ("affine", "fp32", "fp32", "bilinear", "zeros", False, False, {}),
-            ("affine", "fp64", "fp64", "nearest", "border", True, False,
+    for source, data, compute, mode, padding, fill, aligned, index_64, unit_strides in [
+            ("grid", "bf16", "fp32", "bilinear", "zeros", True, False, True, {}),
+            ("affine", "fp32", "fp32", "bilinear", "reflection", False, False, False, {}),
+            ("affine", "fp64", "fp64", "nearest", "border", False, True, False,
              dict(in_sw=1, out_s_pixel=1, go_sw=1, gi_sw=1))]:
         options = dict(SOURCE=source, MODE=mode, PADDING=padding, ALIGN_CORNERS=aligned,
                        INDEX_64=index_64, BLOCK_PIXELS=64, BLOCK_CHANNELS=4)
         compile(tk._forward_kernel,
-                {"input_ptr": "*" + data, "coords_ptr": "*" + compute, "output_ptr": "*" + data},
-                dict(options, **{k: v for k, v in unit_strides.items()
-                                 if k in tk._forward_kernel.arg_names}))
+                {"input_ptr": "*" + data, "coords_ptr": "*" + compute, "output_ptr": "*" + data,
+                 "fill_ptr": "*" + compute},
+                dict(options, HAS_FILL=fill, **{k: v for k, v in unit_strides.items()
+                                                if k in tk._forward_kernel.arg_names}))
         compile(tk._backward_kernel,
                 {"grad_output_ptr": "*" + data, "input_ptr": "*" + data,
                  "coords_ptr": "*" + compute, "grad_input_ptr": "*" + compute,
-                 "coord_grad_ptr": "*" + compute},
-                dict(options, NEED_INPUT_GRAD=True, NEED_COORD_GRAD=mode == "bilinear",
+                 "coord_grad_ptr": "*" + compute, "fill_ptr": "*" + compute},
+                dict(options, HAS_FILL=fill, NEED_INPUT_GRAD=True,
+                     NEED_COORD_GRAD=mode == "bilinear",
                      **{k: v for k, v in unit_strides.items()
                         if k in tk._backward_kernel.arg_names}))
         compile(tk._stencil_kernel,

@@ -290,9 +290,10 @@ struct RowStencil {
 #pragma omp simd
       for (int64_t w = 0; w < width; ++w) {
         // A point without taps takes its taps where they are harmless (outside, or clipped
-        // inside), so the tap loops need no special case; status keeps what it is.
+        // inside), so the tap loops need no special case; its status only gets worse.
         const T pixel = st[w] != kHasTaps ? T(-kAxisTaps - 2) : c[w];
         const AxisTaps<T, kAxisTaps, int32_t> t = Policy::template taps<int32_t>(pixel, size, cfg);
+        st[w] = std::max<int32_t>(st[w], taps_status(t));
         for (int k = 0; k < kAxisTaps; ++k) {
           const int64_t i = first + k * width + w;
           index[i] = t.inside[k] ? t.index[k] : 0;

@@ -56,7 +56,11 @@ struct PointStencil {
     }
     if (s.status != kHasTaps) return s;
 #pragma unroll
-    for (int a = 0; a < kDim; ++a) s.axis[a] = Policy::taps(coord[a], size[a], cfg);
+    for (int a = 0; a < kDim; ++a) {
+      s.axis[a] = Policy::taps(coord[a], size[a], cfg);
+      const int8_t axis = taps_status(s.axis[a]);
+      s.status = axis > s.status ? axis : s.status;
+    }
     return s;
   }
 
