@@ -635,7 +635,8 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
                 *grad_output.stride(), *input.stride(), *grad_input_arg.stride(),
                 *coord_strides,
                 SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
-                HAS_FILL=fill is not None, NEED_INPUT_GRAD=input_grad_in_kernel, NEED_COORD_GRAD=coord_grad_in_kernel,
+                HAS_FILL=fill is not None, NEED_INPUT_GRAD=input_grad_in_kernel,
+                NEED_COORD_GRAD=coord_grad_in_kernel,
                 INDEX_64=_needs_int64(grad_output, input, grad_input_arg, coords_arg),
                 BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
     if deterministic_input_grad:
