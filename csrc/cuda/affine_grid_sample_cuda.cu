@@ -196,7 +196,8 @@ __device__ inline void backward_channels(const DeviceTaps<T, index_t>& t, const 
       Pack<scalar_t, kVec> v[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        v[k] = t.valid[k] ? load_pack<kVec>(src + c * src_sc + t.offset[k]) : Pack<scalar_t, kVec>{};
+        v[k] = t.valid[k] ? load_pack<kVec>(src + c * src_sc + t.offset[k])
+                          : Pack<scalar_t, kVec>{};
       }
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
@@ -385,14 +386,14 @@ at::Tensor affine_grid_sample_cuda(const at::Tensor& input, const at::Tensor& th
           using index_t = decltype(index_zero);
           constexpr int kVec = decltype(vec)::value;
           launch_kernel(forward_kernel<scalar_t, index_t, kVec>,
-                        grid_for(ChannelSplit<kVec>(input.size(1)).items(out_h * out_w),
-                                 input.size(0)),
+                        grid_for_channels<kVec>(input.size(1), out_h * out_w, input.size(0)),
                         kThreads, stream, input.const_data_ptr<scalar_t>(),
                         geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
                         strides_of_theta(theta), output.mutable_data_ptr<scalar_t>(),
                         geometry_of<index_t>(output), cfg);
         };
-        with_channel_vector<scalar_t>(channel_vector_width<scalar_t>({input, output}), [&](auto vec) {
+        const int vector_width = channel_vector_width<scalar_t>({input, output});
+        with_channel_vector<scalar_t>(vector_width, [&](auto vec) {
           if (fits_int32({input, output})) launch(int32_t{0}, vec); else launch(int64_t{0}, vec);
         });
       });
@@ -461,7 +462,7 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
         auto launch = [&](auto index_zero, auto vec) {
           using index_t = decltype(index_zero);
           constexpr int kVec = decltype(vec)::value;
-          const dim3 grid = grid_for(ChannelSplit<kVec>(input.size(1)).items(pixels), batch);
+          const dim3 grid = grid_for_channels<kVec>(input.size(1), pixels, batch);
           if (output_mask[1]) {
             partials = at::empty({batch, static_cast<int64_t>(grid.x), 6},
                                  input.options().dtype(opmath));

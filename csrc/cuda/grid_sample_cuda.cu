@@ -465,12 +465,13 @@ at::Tensor sample(Cuda, const at::Tensor& input, at::IntArrayRef out_size, const
       constexpr int kDim = decltype(dim)::value;
       const auto out = PointGeometry<kDim>::of(output);
       const auto source = make_source(dim, scalar_t{}, out);
-      with_channel_vector<scalar_t>(channel_vector_width<scalar_t>({input, output}), [&](auto vec) {
+      const int vector_width = channel_vector_width<scalar_t>({input, output});
+      with_channel_vector<scalar_t>(vector_width, [&](auto vec) {
         constexpr int kVec = decltype(vec)::value;
         launch_kernel(
             sample_forward_kernel<scalar_t, kDim, decltype(policy), decltype(source), kVec>,
-            grid_for(ChannelSplit<kVec>(input.size(1)).items(out.points()), out.n), kThreads,
-            stream, input.const_data_ptr<scalar_t>(), PointGeometry<kDim>::of(input), source,
+            grid_for_channels<kVec>(input.size(1), out.points(), out.n), kThreads, stream,
+            input.const_data_ptr<scalar_t>(), PointGeometry<kDim>::of(input), source,
             data_or_null<T>(fill_of_channel), output.mutable_data_ptr<scalar_t>(), out, cfg);
       });
     });
@@ -538,7 +539,7 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
           const int vector_width = backward_channel_vector_width<scalar_t>(grad_output, input);
           with_channel_vector<scalar_t>(vector_width, [&](auto vec) {
             constexpr int kVec = decltype(vec)::value;
-            const dim3 grid = grid_for(ChannelSplit<kVec>(input.size(1)).items(points), batch);
+            const dim3 grid = grid_for_channels<kVec>(input.size(1), points, batch);
             if (output_mask[1] && per_image) {
               theta_partials = at::empty({batch, static_cast<int64_t>(grid.x), dims * (dims + 1)},
                                          input.options().dtype(opmath));

@@ -141,6 +141,12 @@ struct ChannelSplit {
   }
 };
 
+// grid_for a launch whose threads split each point's channels by ChannelSplit<kVec>.
+template <int kVec>
+dim3 grid_for_channels(int64_t channels, int64_t points, int64_t batch) {
+  return grid_for(ChannelSplit<kVec>(channels).items(points), batch);
+}
+
 // kChannelVector<scalar_t> if every tensor's pixels hold their channels as whole aligned
 // vectors (channel stride 1, channel count a multiple of the vector, every other stride of an
 // axis longer than 1 a multiple of it, data 16-byte aligned), else 1.
