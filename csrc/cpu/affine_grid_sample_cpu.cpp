@@ -13,12 +13,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "../affine_grid_sample.h"
 #include "huge_pages.h"
+#include "row_kernels.h"
 
 namespace stn_ext {
 namespace {
@@ -35,14 +37,14 @@ struct Geometry {
 // The loops that resolve a row of sample points, one step each. Arrays are restrict
 // parameters: GCC vectorises loops over several arrays only when it knows they are disjoint.
 
-// Pixel coordinate along one axis of the grid point grid_of(base_x[w]), and its derivative if
-// kCoordGrad (the backward pass).
+// Pixel coordinate along one axis of point w of a row, from its normalised coordinate
+// grid_of(w), and its derivative if kCoordGrad (the backward pass).
 template <SampleConfig cfg, bool kCoordGrad, typename T, typename GridOf>
-inline void source_coords(int64_t width, const T* __restrict base_x, GridOf grid_of, int64_t size,
-                          T* __restrict coord, T* __restrict d_coord) {
+inline void source_coords(int64_t width, GridOf grid_of, int64_t size, T* __restrict coord,
+                          T* __restrict d_coord) {
   for (int64_t w = 0; w < width; ++w) {
     T derivative;
-    coord[w] = source_index(grid_of(base_x[w]), size, cfg, &derivative);
+    coord[w] = source_index(grid_of(w), size, cfg, &derivative);
     if constexpr (kCoordGrad) d_coord[w] = derivative;
   }
 }
@@ -136,31 +138,30 @@ struct RowSamples {
         north(width), south(width), x0(width), y0(width), inside(width), undefined(width),
         origin(width) {}
 
-  // Resolves the row of base y-coordinate base_y (x-coordinates base_x) under the affine map a,
-  // for an input of geometry `in`; origin[w] is tap 0's offset in an input plane. check_undefined:
-  // may_be_undefined(a, in). kCoordGrad: also the coordinates' derivatives dix, diy.
+  // Resolves the row whose points' normalised coordinates are grid_x(w), grid_y(w) (a
+  // coordinate source's row), for an input of geometry `in`; origin[w] is tap 0's offset in an
+  // input plane. check_undefined: whether the row may hold undefined points (the source's
+  // may_be_undefined). kCoordGrad: also the coordinates' derivatives dix, diy.
   // (Inlined into the kernels, as the compiler chose before check_undefined existed.)
-  template <Interpolation kMode, Padding kPadding, bool kCoordGrad>
-  C10_ALWAYS_INLINE void resolve(const Affine<T>& a, const T* base_x, T base_y,
-                                 const Geometry& in, bool align_corners, bool check_undefined) {
+  template <Interpolation kMode, Padding kPadding, bool kCoordGrad, typename GridX, typename GridY>
+  C10_ALWAYS_INLINE void resolve(GridX grid_x, GridY grid_y, const Geometry& in,
+                                 bool align_corners, bool check_undefined) {
     // align_corners as a constant too: a branch inside the loops would keep them scalar.
     if (align_corners) {
-      resolve<SampleConfig{kMode, kPadding, true}, kCoordGrad>(a, base_x, base_y, in,
+      resolve<SampleConfig{kMode, kPadding, true}, kCoordGrad>(grid_x, grid_y, in,
                                                               check_undefined);
     } else {
-      resolve<SampleConfig{kMode, kPadding, false}, kCoordGrad>(a, base_x, base_y, in,
+      resolve<SampleConfig{kMode, kPadding, false}, kCoordGrad>(grid_x, grid_y, in,
                                                                check_undefined);
     }
   }
 
-  template <SampleConfig cfg, bool kCoordGrad>
-  C10_ALWAYS_INLINE void resolve(const Affine<T>& a, const T* base_x, T base_y,
-                                 const Geometry& in, bool check_undefined) {
+  template <SampleConfig cfg, bool kCoordGrad, typename GridX, typename GridY>
+  C10_ALWAYS_INLINE void resolve(GridX grid_x, GridY grid_y, const Geometry& in,
+                                 bool check_undefined) {
     // source_point() split by axis and step into simple loops, which vectorise.
-    source_coords<cfg, kCoordGrad>(width, base_x, [&](T bx) { return a.grid_x(bx, base_y); },
-                                   in.w, ix.data(), dix.data());
-    source_coords<cfg, kCoordGrad>(width, base_x, [&](T bx) { return a.grid_y(bx, base_y); },
-                                   in.h, iy.data(), diy.data());
+    source_coords<cfg, kCoordGrad>(width, grid_x, in.w, ix.data(), dix.data());
+    source_coords<cfg, kCoordGrad>(width, grid_y, in.h, iy.data(), diy.data());
     has_undefined = check_undefined && mark_undefined(width, ix.data(), iy.data(), undefined.data());
     move_far_points(width, in.h, in.w, ix.data(), iy.data());
     const int32_t h = static_cast<int32_t>(in.h), w = static_cast<int32_t>(in.w);
@@ -351,17 +352,163 @@ void gather_row_block(const RowSamples<T>& r, int64_t channels, const scalar_t* 
   }
 }
 
-// Templated on mode and padding (see with_static_config) so the per-pixel math is branch-free.
-// Each task takes whole output rows: first the row's sample points, then the gather.
-template <Interpolation kMode, Padding kPadding, typename scalar_t>
-void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& output,
+// The row's theta gradient from its pixels' coordinate gradients (summed over the channels),
+// added to tg. base_y is the same for the whole row, so the row needs four sums, not six; the
+// simd reduction lets them vectorise (in a fixed order, so the result stays deterministic).
+template <typename T>
+void add_row_theta_grad(const RowSamples<T>& r, const T* __restrict g_ix_row,
+                        const T* __restrict g_iy_row, const T* __restrict base_x, T base_y,
+                        ThetaGrad<double>* tg) {
+  const int32_t* __restrict inside = r.inside.data();
+  const T* __restrict dix = r.dix.data();
+  const T* __restrict diy = r.diy.data();
+  double gx_bx = 0, gx_sum = 0, gy_bx = 0, gy_sum = 0;
+#pragma omp simd reduction(+ : gx_bx, gx_sum, gy_bx, gy_sum)
+  for (int64_t w = 0; w < r.width; ++w) {
+    // A pixel with no tap in the image has no gradient (and maybe a NaN coordinate derivative),
+    // even where grad_output is NaN or inf: ATen skips such taps. An undefined point's NaN is
+    // applied to the whole image by backward_kernel.
+    const double gx = inside[w] != 0 ? double(g_ix_row[w] * dix[w]) : 0.0;
+    const double gy = inside[w] != 0 ? double(g_iy_row[w] * diy[w]) : 0.0;
+    gx_bx += gx * double(base_x[w]);
+    gx_sum += gx;
+    gy_bx += gy * double(base_x[w]);
+    gy_sum += gy;
+  }
+  tg->g[0] += gx_bx;
+  tg->g[1] += gx_sum * double(base_y);
+  tg->g[2] += gx_sum;
+  tg->g[3] += gy_bx;
+  tg->g[4] += gy_sum * double(base_y);
+  tg->g[5] += gy_sum;
+}
+
+// The coordinate sources of the row kernels. Each gives, per image, the normalised grid
+// coordinates of an output row's points (grid_x(h) and grid_y(h): functions of the point's
+// column w), whether a row may hold undefined points (check_undefined), and takes the
+// coordinates' gradient back in the backward pass: add_row_gradient for each output row of a work
+// unit (image, channel group), then finish_unit.
+
+// F.affine_grid's points: theta (N, 2, 3) applied to the base grid (linspace(-1, 1) per axis).
+// The gradient is reduced per work unit in double: theta_partials[unit * 6 + k].
+template <typename T, typename scalar_t>
+struct AffineRows {
+  const at::Tensor& theta;
+  std::vector<T> base_x;
+  int64_t out_h;
+  bool align_corners;
+  Geometry in;
+  double* theta_partials;  // backward pass only
+
+  AffineRows(const at::Tensor& theta, int64_t out_w, int64_t out_h, bool align_corners,
+             const Geometry& in, double* theta_partials = nullptr)
+      : theta(theta), base_x(base_coords<T>(out_w, align_corners)), out_h(out_h),
+        align_corners(align_corners), in(in), theta_partials(theta_partials) {}
+
+  struct Image {
+    const AffineRows* rows;
+    Affine<T> a;
+    bool check_undefined;
+    double* partial;  // the work unit's 6 theta_partials
+    ThetaGrad<double> tg{};
+    bool has_undefined = false;  // an undefined point makes the image's theta gradient NaN
+
+    T base_y(int64_t h) const { return base_coord<T>(h, rows->out_h, rows->align_corners); }
+    auto grid_x(int64_t h) const {
+      return [a = a, base_x = rows->base_x.data(), base_y = base_y(h)](int64_t w) {
+        return a.grid_x(base_x[w], base_y);
+      };
+    }
+    auto grid_y(int64_t h) const {
+      return [a = a, base_x = rows->base_x.data(), base_y = base_y(h)](int64_t w) {
+        return a.grid_y(base_x[w], base_y);
+      };
+    }
+    void add_row_gradient(const RowSamples<T>& r, int64_t h, const T* g_ix, const T* g_iy) {
+      has_undefined |= r.has_undefined;
+      add_row_theta_grad(r, g_ix, g_iy, rows->base_x.data(), base_y(h), &tg);
+    }
+    void finish_unit() {
+      if (has_undefined) std::fill(tg.g, tg.g + 6, std::numeric_limits<double>::quiet_NaN());
+      std::copy(tg.g, tg.g + 6, partial);
+    }
+  };
+  // unit: the backward pass's work unit (image n, channel group); unused by the forward pass.
+  Image image(int64_t n, int64_t unit = 0) const {
+    const Affine<T> a = affine_of<T, scalar_t>(theta, n);
+    return Image{this, a, may_be_undefined(a, in),
+                 theta_partials != nullptr ? theta_partials + unit * 6 : nullptr};
+  }
+};
+
+// grid_sample's points: a dense grid (N, Ho, Wo, 2) of normalised (x, y), any strides. The
+// gradient is written per point, d(loss)/d(grid) of a work unit's channels: grad_partials[unit]
+// is (Ho, Wo, 2), contiguous.
+template <typename T, typename scalar_t>
+struct GridRows {
+  const scalar_t* points;
+  int64_t sn, sh, sw, s_coord;
+  int64_t out_h, out_w;
+  T* grad_partials;  // backward pass only
+
+  GridRows(const at::Tensor& grid, T* grad_partials = nullptr)
+      : points(grid.const_data_ptr<scalar_t>()), sn(grid.stride(0)), sh(grid.stride(1)),
+        sw(grid.stride(2)), s_coord(grid.stride(3)), out_h(grid.size(1)), out_w(grid.size(2)),
+        grad_partials(grad_partials) {}
+
+  struct Image {
+    const GridRows* rows;
+    const scalar_t* points;
+    // Any point of a dense grid may be non-finite.
+    static constexpr bool check_undefined = true;
+
+    auto grid_x(int64_t h) const {
+      return [p = points + h * rows->sh, sw = rows->sw](int64_t w) { return T(p[w * sw]); };
+    }
+    auto grid_y(int64_t h) const {
+      return [p = points + h * rows->sh + rows->s_coord, sw = rows->sw](int64_t w) {
+        return T(p[w * sw]);
+      };
+    }
+    T* grad;  // the work unit's grad_partials
+
+    // A point with no tap in the image has a zero gradient (whatever grad_output holds), an
+    // undefined point a NaN one.
+    void add_row_gradient(const RowSamples<T>& r, int64_t h, const T* __restrict g_ix,
+                          const T* __restrict g_iy) const {
+      T* __restrict out = grad + h * rows->out_w * 2;
+      const int32_t* __restrict inside = r.inside.data();
+      const T* __restrict dix = r.dix.data();
+      const T* __restrict diy = r.diy.data();
+      for (int64_t w = 0; w < r.width; ++w) {
+        out[2 * w] = inside[w] != 0 ? g_ix[w] * dix[w] : T(0);
+        out[2 * w + 1] = inside[w] != 0 ? g_iy[w] * diy[w] : T(0);
+      }
+      if (!r.has_undefined) return;
+      for (int64_t w = 0; w < r.width; ++w) {
+        if (r.undefined[w]) out[2 * w] = out[2 * w + 1] = std::numeric_limits<T>::quiet_NaN();
+      }
+    }
+    void finish_unit() const {}
+  };
+  // unit: the backward pass's work unit (image n, channel group); unused by the forward pass.
+  Image image(int64_t n, int64_t unit = 0) const {
+    return Image{this, points + n * sn,
+                 grad_partials != nullptr ? grad_partials + unit * out_h * out_w * 2 : nullptr};
+  }
+};
+
+// Templated on mode and padding (see with_static_config) so the per-pixel math is branch-free,
+// and on the coordinate source (AffineRows, GridRows). Each task takes whole output rows: first
+// the row's sample points, then the gather.
+template <Interpolation kMode, Padding kPadding, typename scalar_t, typename Source>
+void forward_kernel(const at::Tensor& input, const Source& source, const at::Tensor& output,
                     bool align_corners) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kTaps = kMode == Interpolation::Bilinear ? 4 : 1;
   const Geometry in(input), out(output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
-  const std::vector<T> base_x = base_coords<T>(out.w, align_corners);
   const TapDeltas delta(in);
   const int64_t block = channel_block(in);
   // Enough rows per task to amortise scheduling on small images.
@@ -369,19 +516,12 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& theta, const at::
 
   at::parallel_for(0, out.n * out.h, grain, [&](int64_t begin, int64_t end) {
     RowSamples<T> row(out.w);
-    int64_t image = -1;  // the image of `a` and check_undefined
-    Affine<T> a{};
-    bool check_undefined = false;
+    std::optional<typename Source::Image> image;  // of image n
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / out.h, h = r % out.h;
-      if (n != image) {
-        image = n;
-        a = affine_of<T, scalar_t>(theta, n);
-        check_undefined = may_be_undefined(a, in);
-      }
-      row.template resolve<kMode, kPadding, false>(a, base_x.data(),
-                                                   base_coord<T>(h, out.h, align_corners), in,
-                                                   align_corners, check_undefined);
+      if (r == begin || h == 0) image.emplace(source.image(n));
+      row.template resolve<kMode, kPadding, false>(image->grid_x(h), image->grid_y(h), in,
+                                                   align_corners, image->check_undefined);
       for (int64_t c = 0; c < out.c; c += block) {
         const int64_t channels = std::min(block, out.c - c);
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
@@ -512,37 +652,6 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
   }
 }
 
-// The row's theta gradient from its pixels' coordinate gradients (summed over the channels),
-// added to tg. base_y is the same for the whole row, so the row needs four sums, not six; the
-// simd reduction lets them vectorise (in a fixed order, so the result stays deterministic).
-template <typename T>
-void add_row_theta_grad(const RowSamples<T>& r, const T* __restrict g_ix_row,
-                        const T* __restrict g_iy_row, const T* __restrict base_x, T base_y,
-                        ThetaGrad<double>* tg) {
-  const int32_t* __restrict inside = r.inside.data();
-  const T* __restrict dix = r.dix.data();
-  const T* __restrict diy = r.diy.data();
-  double gx_bx = 0, gx_sum = 0, gy_bx = 0, gy_sum = 0;
-#pragma omp simd reduction(+ : gx_bx, gx_sum, gy_bx, gy_sum)
-  for (int64_t w = 0; w < r.width; ++w) {
-    // A pixel with no tap in the image has no gradient (and maybe a NaN coordinate derivative),
-    // even where grad_output is NaN or inf: ATen skips such taps. An undefined point's NaN is
-    // applied to the whole image by backward_kernel.
-    const double gx = inside[w] != 0 ? double(g_ix_row[w] * dix[w]) : 0.0;
-    const double gy = inside[w] != 0 ? double(g_iy_row[w] * diy[w]) : 0.0;
-    gx_bx += gx * double(base_x[w]);
-    gx_sum += gx;
-    gy_bx += gy * double(base_x[w]);
-    gy_sum += gy;
-  }
-  tg->g[0] += gx_bx;
-  tg->g[1] += gx_sum * double(base_y);
-  tg->g[2] += gx_sum;
-  tg->g[3] += gy_bx;
-  tg->g[4] += gy_sum * double(base_y);
-  tg->g[5] += gy_sum;
-}
-
 // Zeroes channels [c_begin, c_end) of one image of grad_input before the unit accumulates
 // into them: in parallel, and into the cache the scatter then uses (a separate zero fill would
 // be one more serial pass over memory).
@@ -562,17 +671,18 @@ void zero_channels(grad_in_t* image, const Geometry& g, int64_t c_begin, int64_t
 
 // grad_in_t is the opmath type: float for float and reduced-precision inputs (accumulating in
 // half would lose gradient mass; the caller casts back), double for double.
+// kGradTheta: whether the coordinate source's gradient is wanted (it takes it back per work unit,
+// see AffineRows and GridRows).
 template <Interpolation kMode, Padding kPadding, bool kGradInput, bool kGradTheta,
-          typename scalar_t, typename grad_in_t>
-void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
-                     const at::Tensor& theta, bool align_corners, grad_in_t* grad_in_ptr,
-                     const Geometry& gin, double* theta_partials, int64_t groups) {
+          typename scalar_t, typename grad_in_t, typename Source>
+void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const Source& source,
+                     bool align_corners, grad_in_t* grad_in_ptr, const Geometry& gin,
+                     int64_t groups) {
   using T = at::opmath_type<scalar_t>;
   constexpr int kTaps = kMode == Interpolation::Bilinear ? 4 : 1;
   const Geometry in(input), gout(grad_output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* gout_ptr = grad_output.const_data_ptr<scalar_t>();
-  const std::vector<T> base_x = base_coords<T>(gout.w, align_corners);
   const int64_t group_size = (in.c + groups - 1) / groups;
   const TapDeltas in_delta(in), gin_delta(gin);
   const int64_t block = channel_block(in);
@@ -589,16 +699,11 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
       const int64_t n = unit / groups;
       const int64_t c_begin = (unit % groups) * group_size;
       const int64_t c_end = std::min(in.c, c_begin + group_size);
-      const Affine<T> a = affine_of<T, scalar_t>(theta, n);
-      const bool check_undefined = may_be_undefined(a, in);
+      auto image = source.image(n, unit);
       if constexpr (kGradInput) zero_channels(grad_in_ptr + n * gin.sn, gin, c_begin, c_end);
-      ThetaGrad<double> tg{};
-      bool has_undefined = false;  // an undefined point makes the image's theta gradient NaN
       for (int64_t h = 0; h < gout.h; ++h) {
-        const T base_y = base_coord<T>(h, gout.h, align_corners);
-        row.template resolve<kMode, kPadding, kGradTheta>(a, base_x.data(), base_y, in,
-                                                          align_corners, check_undefined);
-        has_undefined |= row.has_undefined;
+        row.template resolve<kMode, kPadding, kGradTheta>(image.grid_x(h), image.grid_y(h), in,
+                                                          align_corners, image.check_undefined);
         if (kGradInput && !same_layout) row.set_origins(gin, gin_origin.data());
         std::fill(g_ix.begin(), g_ix.end(), T(0));
         std::fill(g_iy.begin(), g_iy.end(), T(0));
@@ -622,46 +727,49 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input,
                 row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
           }
         }
-        if constexpr (kGradTheta) {
-          add_row_theta_grad(row, g_ix.data(), g_iy.data(), base_x.data(), base_y, &tg);
-        }
+        if constexpr (kGradTheta) image.add_row_gradient(row, h, g_ix.data(), g_iy.data());
       }
-      if (kGradTheta && has_undefined) {
-        std::fill(tg.g, tg.g + 6, std::numeric_limits<double>::quiet_NaN());
-      }
-      if (theta_partials != nullptr) std::copy(tg.g, tg.g + 6, theta_partials + unit * 6);
+      if constexpr (kGradTheta) image.finish_unit();
     }
   });
 }
 
-at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& theta, int64_t out_h,
-                                  int64_t out_w, c10::string_view mode,
-                                  c10::string_view padding_mode, bool align_corners) {
-  check_sample_args(input, theta, out_h, out_w);
+// Whether the backward pass computes a coordinate gradient: not for nearest sampling (piecewise
+// constant: zero), nor where nothing is sampled (zero too).
+bool computes_coordinate_gradient(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const SampleConfig& cfg) {
+  return cfg.mode == Interpolation::Bilinear && grad_output.numel() != 0 && input.size(1) != 0;
+}
+
+// The forward pass at the points of make_source(scalar_t{}) (a coordinate source), into a new
+// (N, C, out_h, out_w) output.
+template <typename MakeSource>
+at::Tensor sample_rows(const at::Tensor& input, int64_t out_h, int64_t out_w,
+                       const SampleConfig& cfg, MakeSource make_source) {
   check_spatial_size(input);
-  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
   at::Tensor output = with_huge_page_advice(
       at::empty({input.size(0), input.size(1), out_h, out_w},
                 input.options().memory_format(output_memory_format(input))));
   if (output.numel() == 0) return output;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_cpu", [&] {
-        with_static_config(cfg, [&](auto mode, auto padding) {
-          forward_kernel<decltype(mode)::value, decltype(padding)::value, scalar_t>(
-              input, theta, output, align_corners);
-        });
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sample_rows", [&] {
+    const auto source = make_source(scalar_t{});
+    with_static_config(cfg, [&](auto mode, auto padding) {
+      forward_kernel<decltype(mode)::value, decltype(padding)::value, scalar_t>(
+          input, source, output, cfg.align_corners);
+    });
+  });
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
-    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-    std::array<bool, 2> output_mask) {
-  check_backward_args(grad_output, input, theta);
+// The backward pass in work units of (image, channel group) (channel_groups): returns grad_input
+// if output_mask[0]; if output_mask[1], make_source(scalar_t{})'s source takes the coordinate
+// gradient of every unit (the caller sums a unit's partials over the groups) where
+// computes_coordinate_gradient; elsewhere the caller's partials are left as they are (zero).
+template <typename MakeSource>
+at::Tensor sample_rows_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                const SampleConfig& cfg, std::array<bool, 2> output_mask,
+                                int64_t groups, MakeSource make_source) {
   check_spatial_size(input);
-  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
-
   // Accumulated in the opmath type (float for half and bfloat16), cast back at the end; the
   // kernel zeroes it unit by unit.
   at::Tensor grad_input_acc = output_mask[0]
@@ -669,38 +777,57 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
             input, input.options().dtype(at::toOpMathType(input.scalar_type())),
             output_memory_format(input)))
       : at::empty({0}, input.options());
+  if (grad_output.numel() == 0 || input.size(1) == 0) {
+    return grad_input_acc.zero_().to(input.scalar_type());  // nothing samples the input
+  }
+  const Geometry gin = output_mask[0] ? Geometry(grad_input_acc) : Geometry(input);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "sample_rows_backward", [&] {
+        using grad_in_t = at::opmath_type<scalar_t>;
+        grad_in_t* grad_in = output_mask[0] ? grad_input_acc.mutable_data_ptr<grad_in_t>() : nullptr;
+        const bool coordinate_work =
+            output_mask[1] && computes_coordinate_gradient(grad_output, input, cfg);
+        const auto source = make_source(scalar_t{});
+        with_static_config(cfg, [&](auto mode, auto padding) {
+          constexpr Interpolation kMode = decltype(mode)::value;
+          constexpr Padding kPadding = decltype(padding)::value;
+          auto run = [&](auto grad_input_wanted, auto coordinates_wanted) {
+            backward_kernel<kMode, kPadding, decltype(grad_input_wanted)::value,
+                            decltype(coordinates_wanted)::value, scalar_t, grad_in_t>(
+                grad_output, input, source, cfg.align_corners, grad_in, gin, groups);
+          };
+          using Yes = std::true_type;
+          using No = std::false_type;
+          if (grad_in != nullptr && coordinate_work) run(Yes{}, Yes{});
+          else if (grad_in != nullptr) run(Yes{}, No{});
+          else if (coordinate_work) run(No{}, Yes{});
+        });
+      });
+  return grad_input_acc.to(input.scalar_type());  // no copy when already so
+}
+
+at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& theta, int64_t out_h,
+                                  int64_t out_w, c10::string_view mode,
+                                  c10::string_view padding_mode, bool align_corners) {
+  check_sample_args(input, theta, out_h, out_w);
+  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
+  return affine_sample_rows_cpu(input, theta, {out_h, out_w}, cfg);
+}
+
+// The backward pass at an affine map: (grad_input, grad_theta) as output_mask asks.
+std::tuple<at::Tensor, at::Tensor> affine_rows_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
+    const SampleConfig& cfg, std::array<bool, 2> output_mask) {
   const int64_t groups = channel_groups(input.size(0), input.size(1));
   std::vector<double> partials(output_mask[1] ? input.size(0) * groups * 6 : 0, 0.0);
-
-  if (grad_output.numel() == 0 || input.size(1) == 0) {
-    grad_input_acc.zero_();  // nothing samples the input: its gradient is zero
-  } else {
-    const Geometry gin = output_mask[0] ? Geometry(grad_input_acc) : Geometry(input);
-    AT_DISPATCH_FLOATING_TYPES_AND2(
-        at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cpu", [&] {
-          using grad_in_t = at::opmath_type<scalar_t>;
-          double* theta_out = output_mask[1] ? partials.data() : nullptr;
-          grad_in_t* grad_in = output_mask[0] ? grad_input_acc.mutable_data_ptr<grad_in_t>() : nullptr;
-          // Nearest sampling has zero theta gradient: only its partials' zeros are written.
-          const bool theta_work = theta_out != nullptr && cfg.mode == Interpolation::Bilinear;
-          with_static_config(cfg, [&](auto mode, auto padding) {
-            constexpr Interpolation kMode = decltype(mode)::value;
-            constexpr Padding kPadding = decltype(padding)::value;
-            auto run = [&](auto grad_input_wanted, auto theta_wanted) {
-              backward_kernel<kMode, kPadding, decltype(grad_input_wanted)::value,
-                              decltype(theta_wanted)::value, scalar_t, grad_in_t>(
-                  grad_output, input, theta, align_corners, grad_in, gin, theta_out, groups);
-            };
-            using Yes = std::true_type;
-            using No = std::false_type;
-            if (grad_in != nullptr && theta_work) run(Yes{}, Yes{});
-            else if (grad_in != nullptr) run(Yes{}, No{});
-            else if (theta_work) run(No{}, Yes{});
-          });
-        });
-  }
-
-  at::Tensor grad_input = grad_input_acc.to(input.scalar_type());  // no copy when already so
+  const Geometry in(input);
+  at::Tensor grad_input = sample_rows_backward(
+      grad_output, input, cfg, output_mask, groups, [&](auto scalar) {
+        using scalar_t = decltype(scalar);
+        return AffineRows<at::opmath_type<scalar_t>, scalar_t>(
+            theta, grad_output.size(3), grad_output.size(2), cfg.align_corners, in,
+            partials.data());
+      });
   at::Tensor grad_theta = at::empty({0}, theta.options());
   if (output_mask[1]) {
     at::Tensor sums = at::zeros({input.size(0), 2, 3}, theta.options().dtype(at::kDouble));
@@ -715,7 +842,71 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
   return {grad_input, grad_theta};
 }
 
+std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
+    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+    std::array<bool, 2> output_mask) {
+  check_backward_args(grad_output, input, theta);
+  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
+  return affine_rows_backward(grad_output, input, theta, cfg, output_mask);
+}
+
 }  // namespace
+
+at::Tensor grid_sample_rows_cpu(const at::Tensor& input, const at::Tensor& grid,
+                                const SampleConfig& cfg) {
+  return sample_rows(input, grid.size(1), grid.size(2), cfg, [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    return GridRows<at::opmath_type<scalar_t>, scalar_t>(grid);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> grid_sample_rows_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& grid,
+    const SampleConfig& cfg, std::array<bool, 2> output_mask) {
+  const int64_t batch = input.size(0), out_h = grid.size(1), out_w = grid.size(2);
+  const int64_t groups = channel_groups(batch, input.size(1));
+  // Each work unit's gradient (N, groups, Ho, Wo, 2), in the opmath type; zero where none is
+  // computed.
+  const auto options = grid.options().dtype(at::toOpMathType(grid.scalar_type()));
+  const std::vector<int64_t> partials_size{batch, groups, out_h, out_w, 2};
+  at::Tensor partials = !output_mask[1] ? at::empty({0}, options)
+      : computes_coordinate_gradient(grad_output, input, cfg) ? at::empty(partials_size, options)
+                                                               : at::zeros(partials_size, options);
+  at::Tensor grad_input = sample_rows_backward(
+      grad_output, input, cfg, output_mask, groups, [&](auto scalar) {
+        using scalar_t = decltype(scalar);
+        using T = at::opmath_type<scalar_t>;
+        return GridRows<T, scalar_t>(grid, output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr);
+      });
+  at::Tensor grad_grid = at::empty({0}, grid.options());
+  if (output_mask[1]) {
+    // The groups' partials summed in group order: the same result for any thread count.
+    at::Tensor sum = partials.select(1, 0);
+    if (groups > 1) {
+      sum = sum.clone();
+      for (int64_t g = 1; g < groups; ++g) sum.add_(partials.select(1, g));
+    }
+    grad_grid = sum.to(grid.scalar_type());
+  }
+  return {grad_input, grad_grid};
+}
+
+at::Tensor affine_sample_rows_cpu(const at::Tensor& input, const at::Tensor& theta,
+                                  at::IntArrayRef out_size, const SampleConfig& cfg) {
+  const Geometry in(input);
+  return sample_rows(input, out_size[0], out_size[1], cfg, [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    return AffineRows<at::opmath_type<scalar_t>, scalar_t>(theta, out_size[1], out_size[0],
+                                                            cfg.align_corners, in);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> affine_sample_rows_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
+    const SampleConfig& cfg, std::array<bool, 2> output_mask) {
+  return affine_rows_backward(grad_output, input, theta, cfg, output_mask);
+}
 
 TORCH_LIBRARY_IMPL(stn_ext, CPU, m) {
   m.impl("affine_grid_sample", &affine_grid_sample_cpu);

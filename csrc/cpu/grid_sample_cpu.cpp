@@ -12,8 +12,8 @@
 //   for taps outside the image.
 // The forward pass is parallel over output rows; the backward pass over images (grad_input is
 // scattered: one image per thread keeps it deterministic for any thread count).
-// The 2-D affine bilinear/nearest op without fill (stn_ext::affine_grid_sample) has its own
-// faster kernels (affine_grid_sample_cpu.cpp).
+// 2-D bilinear and nearest sampling without a fill value, of either op, runs the faster row
+// kernels of stn_ext::affine_grid_sample instead (row_kernels.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -23,12 +23,14 @@
 #include <algorithm>
 #include <array>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../affine_grid_sample.h"
 #include "../grid_sample.h"
 #include "../interpolation.h"
 #include "huge_pages.h"
+#include "row_kernels.h"
 
 namespace stn_ext {
 namespace {
@@ -755,9 +757,39 @@ void check_axis_sizes(const at::Tensor& input) {
 // coordinate-source factories below take it as their first argument.
 struct Cpu {};
 
+// The dense-grid source of grid_sample (make_source: see sample).
+struct DenseGridSource {
+  const at::Tensor& grid;
+  template <typename Dim, typename Scalar, typename Out>
+  auto operator()(Dim, Scalar, const Out&) const {
+    return DenseGrid<Dim::value, at::opmath_type<Scalar>, Scalar>(grid);
+  }
+};
+DenseGridSource dense_grid_source(Cpu, const at::Tensor& grid) { return {grid}; }
+
+// The affine-map source of affine_sample.
+struct AffineMapSource {
+  const at::Tensor& theta;
+  bool align_corners;
+  template <typename Dim, typename Scalar, typename Out>
+  auto operator()(Dim, Scalar, const Out& out) const {
+    return AffineMap<Dim::value, at::opmath_type<Scalar>, Scalar>(theta, out, align_corners);
+  }
+};
+AffineMapSource affine_map_source(Cpu, const at::Tensor& theta, bool align_corners) {
+  return {theta, align_corners};
+}
+
 template <typename MakeSource>
 at::Tensor sample(Cpu, const at::Tensor& input, at::IntArrayRef out_size, const SampleConfig& cfg,
                   const c10::optional<at::Tensor>& fill, MakeSource make_source) {
+  if (row_kernels_serve(input, cfg, fill)) {
+    if constexpr (std::is_same_v<MakeSource, DenseGridSource>) {
+      return grid_sample_rows_cpu(input, make_source.grid, cfg);
+    } else {
+      return affine_sample_rows_cpu(input, make_source.theta, out_size, cfg);
+    }
+  }
   check_axis_sizes(input);
   at::Tensor output = new_sampled_output(input, out_size);
   if (output.numel() == 0) return output;
@@ -781,6 +813,13 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
     Cpu, const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& coordinates,
     const SampleConfig& cfg, const c10::optional<at::Tensor>& fill,
     std::array<bool, 2> output_mask, bool per_image, MakeSource make_source) {
+  if (row_kernels_serve(input, cfg, fill)) {
+    if constexpr (std::is_same_v<MakeSource, DenseGridSource>) {
+      return grid_sample_rows_backward_cpu(grad_output, input, coordinates, cfg, output_mask);
+    } else {
+      return affine_sample_rows_backward_cpu(grad_output, input, coordinates, cfg, output_mask);
+    }
+  }
   check_axis_sizes(input);
   at::Tensor grad_input_acc =
       output_mask[0]
@@ -821,19 +860,7 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
   return {grad_input_acc.to(input.scalar_type()), grad_coordinates.to(coordinates.scalar_type())};
 }
 
-// The dense-grid source of grid_sample; contiguous so that grad_grid can be written per point.
-auto dense_grid_source(Cpu, const at::Tensor& grid) {
-  return [&grid](auto dim, auto scalar, const auto&) {
-    return DenseGrid<decltype(dim)::value, at::opmath_type<decltype(scalar)>, decltype(scalar)>(grid);
-  };
-}
 
-auto affine_map_source(Cpu, const at::Tensor& theta, bool align_corners) {
-  return [&theta, align_corners](auto dim, auto scalar, const auto& out) {
-    return AffineMap<decltype(dim)::value, at::opmath_type<decltype(scalar)>, decltype(scalar)>(
-        theta, out, align_corners);
-  };
-}
 
 }  // namespace
 
