@@ -1,8 +1,9 @@
 """Python side of the stn_ext ops: fake (meta) kernels for tracing, autocast, and the autograd
 of the Triton ops, registered with torch.library so that torch.compile(fullgraph=True) and
 torch.library.opcheck work. Every backend's op pair (forward, backward) shares the schema of the
-C++ one and is registered here by register_sampling_op. The C++ op's autograd is C++
-(csrc/autograd/): the Python autograd path costs ~60 us more per forward + backward."""
+C++ one and is registered here by register_sampling_op or register_general_op. The C++ ops'
+autograd is C++ (csrc/autograd/): the Python autograd path's overhead is a large share of a
+small call's time (benchmarks/results/log.md)."""
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers stn_ext::* and its kernels)
@@ -91,8 +92,8 @@ register_sampling_op("affine_grid_sample", python_autograd=False)
 
 
 # The general ops (stn_ext::grid_sample, stn_ext::affine_sample): any rank, mode and fill value.
-# Their autograd is Python's for now (the C++ autograd above saves ~60 us per call, which
-# matters at the STN shape the fused op serves).
+# Their autograd is C++ too (csrc/autograd/); other backends' own general ops (Triton, the CUDA
+# emulation) get it here.
 
 def _general_backward_fake(grad_output, input, coords, mode, padding_mode, align_corners,
                            fill_value, output_mask):
@@ -116,24 +117,26 @@ def _affine_sample_fake(input, theta, out_size, mode, padding_mode, align_corner
 _GENERAL_OPS = {"grid_sample": (_grid_sample_fake, 6), "affine_sample": (_affine_sample_fake, 7)}
 
 
-def register_general_ops(namespace: str = "stn_ext") -> None:
-    """Fake kernels, autocast and autograd of <namespace>::grid_sample and ::affine_sample (and
-    their backward ops): gradients to the input and to its coordinates (grid or theta), none to
-    the options or the fill value."""
+def register_general_ops(python_autograd: bool, namespace: str = "stn_ext") -> None:
+    """Fake kernels and autocast of <namespace>::grid_sample and ::affine_sample (and their
+    backward ops), and their autograd if ``python_autograd``: gradients to the input and to its
+    coordinates (grid or theta), none to the options or the fill value."""
     for name in _GENERAL_OPS:
-        register_general_op(name, f"{namespace}::{name}")
+        register_general_op(name, f"{namespace}::{name}", python_autograd)
 
 
-def register_general_op(kind: str, qualname: str) -> None:
+def register_general_op(kind: str, qualname: str, python_autograd: bool = True) -> None:
     """register_general_ops' work for one op pair, `qualname` and `qualname`_backward, with the
     schema of general op `kind` ("grid_sample" or "affine_sample"): for a backend's own ops."""
     forward_fake, arguments = _GENERAL_OPS[kind]
     namespace, name = qualname.split("::")
     _register_general_op(qualname, forward_fake, arguments,
-                         getattr(getattr(torch.ops, namespace), f"{name}_backward"))
+                         getattr(getattr(torch.ops, namespace), f"{name}_backward"),
+                         python_autograd)
 
 
-def _register_general_op(qualname: str, forward_fake, arguments: int, backward_op) -> None:
+def _register_general_op(qualname: str, forward_fake, arguments: int, backward_op,
+                         python_autograd: bool) -> None:
     def setup_context(ctx, inputs, output):
         input, coords, *options = inputs
         ctx.save_for_backward(input, coords, options[-1])
@@ -152,8 +155,9 @@ def _register_general_op(qualname: str, forward_fake, arguments: int, backward_o
     torch.library.register_fake(f"{qualname}_backward")(_general_backward_fake)
     for device_type in AUTOCAST_DEVICE_TYPES:
         torch.library.register_autocast(qualname, device_type, torch.float32)
-    torch.library.register_autograd(qualname, backward, setup_context=setup_context)
-    torch.library.register_autograd(f"{qualname}_backward", _no_double_backward)
+    if python_autograd:
+        torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+        torch.library.register_autograd(f"{qualname}_backward", _no_double_backward)
 
 
-register_general_ops()
+register_general_ops(python_autograd=False)

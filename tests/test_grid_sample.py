@@ -179,6 +179,24 @@ def test_grid_sample_gradcheck(backend, config):
         lambda x, g: backend.grid_sample(x, g, **args), (x, grid))
 
 
+@pytest.mark.parametrize("op", ["grid_sample", "affine_grid_sample"])
+def test_double_backward_raises(backend, op):
+    """The ops are differentiable once: differentiating their backward raises (a silent zero
+    second derivative would be wrong)."""
+    x, grid, go = make((2, 3, 5, 7), (4, 6), 2, torch.float64, seed_of("double", op),
+                       backend.device)
+    if op == "grid_sample":
+        out = backend.grid_sample(x, grid)
+        coords = grid
+    else:  # a fill value takes the general op
+        coords = (torch.eye(2, 3, dtype=torch.float64, device=backend.device).expand(2, 2, 3)
+                  + 0.1).requires_grad_()
+        out = backend.affine_sample(x, coords, (4, 6), fill_value=0.5)
+    gx, gc = torch.autograd.grad(out, (x, coords), go, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad((gx.sum() + gc.sum()), (x, coords))
+
+
 FILLS = {"scalar": 0.75, "per-channel": [1.5, -2.0, 0.25], "tensor": torch.tensor([3.0, 0.0, -1.0])}
 
 

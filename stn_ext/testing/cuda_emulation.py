@@ -57,7 +57,7 @@ def load(verbose: bool = False) -> None:
                    extra_cflags=["-O2", "-std=c++20", "-DSTN_EXT_CUDA_EMULATION"],
                    extra_ldflags=["-lpthread"], is_python_module=False, verbose=verbose)
     ops.register_sampling_op("affine_grid_sample", python_autograd=True, namespace=NAMESPACE)
-    ops.register_general_ops(namespace=NAMESPACE)
+    ops.register_general_ops(python_autograd=True, namespace=NAMESPACE)
     _loaded = True
 
 
