@@ -64,6 +64,22 @@ def test_gradient_parity(backend, shape, size, config, dtype):
     assert_grads_match(backend, x, theta, size, config, grad_output)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_rows_of_interior_points(backend, dtype, channels):
+    """Rows of points that all sample the image's interior (every tap inside), wide enough for
+    any SIMD width the kernels' loops may use, with a remainder."""
+    shape, size = (2, channels, 9, 11), (5, 37)
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    theta = torch.tensor([[[0.6, 0.05, 0.02], [-0.04, 0.55, -0.03]],
+                          [[0.5, -0.1, 0.1], [0.08, 0.6, 0.05]]], dtype=dtype,
+                         device=backend.device)
+    x = random_input(shape, seed=seed_of("interior", channels), dtype=dtype,
+                     device=backend.device)
+    assert_close(run(backend, x, theta, size, **config), reference(x, theta, size, **config),
+                 dtype, "output")
+
+
 @pytest.mark.parametrize("wrt", ["both", "input", "theta"])
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("shape,size", [((2, 2, 4, 5), (3, 6)), ((1, 3, 3, 1), (2, 4))],
