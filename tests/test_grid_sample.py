@@ -179,7 +179,21 @@ def test_grid_sample_gradcheck(backend, config):
         lambda x, g: backend.grid_sample(x, g, **args), (x, grid))
 
 
-@pytest.mark.parametrize("op", ["grid_sample", "affine_grid_sample"])
+@pytest.mark.parametrize("channels", [9, 12])
+def test_uneven_channel_groups(backend, channels):
+    """A small batch splits its channels into groups (the CPU backward's work units); channel
+    counts that do not divide evenly among them."""
+    x, grid, go = make((1, channels, 5, 7), (4, 6), 2, torch.float64,
+                       seed_of("groups", channels), backend.device)
+    args = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, **args), x, grid, go)
+    ref, rgx, rgg = grads(lambda x, g: reference(x, g, **args), x, grid, go)
+    assert_close(out, ref, torch.float64, "output")
+    assert_close(gx, rgx, torch.float64, "grad input", scale=max_abs(rgx))
+    assert_close(gg, rgg, torch.float64, "grad grid", scale=max_abs(rgg))
+
+
+@pytest.mark.parametrize("op", ["grid_sample", "affine_sample"])
 def test_double_backward_raises(backend, op):
     """The ops are differentiable once: differentiating their backward raises (a silent zero
     second derivative would be wrong)."""

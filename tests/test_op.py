@@ -64,6 +64,19 @@ def test_gradient_parity(backend, shape, size, config, dtype):
     assert_grads_match(backend, x, theta, size, config, grad_output)
 
 
+@pytest.mark.parametrize("channels", [9, 12])
+def test_uneven_channel_groups(backend, channels):
+    """A small batch splits its channels into groups (the CPU backward's work units); channel
+    counts that do not divide evenly among them."""
+    shape, size = (1, channels, 5, 6), (4, 7)
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    seed = seed_of("groups", channels)
+    x, theta = make_case(backend, shape, size, config, torch.float64, seed, requires_grad=True)
+    grad_output = random_input((1, channels, *size), seed=seed + 1, dtype=torch.float64,
+                               device=backend.device)
+    assert_grads_match(backend, x, theta, size, config, grad_output)
+
+
 @pytest.mark.parametrize("channels", [1, 3, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_rows_of_interior_points(backend, dtype, channels):

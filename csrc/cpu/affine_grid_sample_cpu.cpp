@@ -1,4 +1,6 @@
-// CPU kernels of stn_ext::affine_grid_sample. Every output row is done in two phases: its
+// The CPU row kernels of 2-D bilinear and nearest sampling without a fill value: those of
+// stn_ext::affine_grid_sample, and (row_kernels.h) of the general ops' calls of that kind, from a
+// coordinate source (AffineRows, GridRows). Every output row is done in two phases: its
 // sample points are resolved into structure-of-arrays scratch (coordinates, taps, weights: loops
 // the compiler vectorises), then each pixel's taps are gathered (forward) or scattered and
 // reduced (backward) for a block of channels at a time. Parallel over output rows (forward) and
@@ -63,8 +65,8 @@ inline void move_far_points(int64_t width, int64_t in_h, int64_t in_w, T* __rest
 
 // Marks the undefined points of a row (see is_undefined) in `undefined`, and returns whether it
 // has any, so that the outputs and gradients they make NaN are patched after the main loops.
-// Only for rows of a map that may_be_undefined, and out of line: the common path stays as it
-// was before undefined points existed.
+// Only for rows whose source may give undefined points (an affine map that may_be_undefined, any
+// dense grid), and out of line: the common path stays as it was before undefined points existed.
 template <typename T>
 __attribute__((noinline)) bool mark_undefined(int64_t width, const T* __restrict ix,
                                               const T* __restrict iy,
@@ -130,7 +132,7 @@ inline void bilinear_taps(int64_t width, int32_t in_h, int32_t in_w, const T* __
 // read zero padding), and stencil(w) gives the weights; a nearest sample uses tap 0 only.
 // An undefined point (undefined[w], see is_undefined) has no tap inside: the kernels patch its
 // NaN output or theta gradient afterwards, when has_undefined says the row has one (undefined
-// is only written for rows of an affine map that may_be_undefined).
+// is only written for rows whose source may give undefined points: check_undefined).
 template <typename T>
 struct RowSamples {
   explicit RowSamples(int64_t width)
@@ -367,7 +369,7 @@ void add_row_theta_grad(const RowSamples<T>& r, const T* __restrict g_ix_row,
   for (int64_t w = 0; w < r.width; ++w) {
     // A pixel with no tap in the image has no gradient (and maybe a NaN coordinate derivative),
     // even where grad_output is NaN or inf: ATen skips such taps. An undefined point's NaN is
-    // applied to the whole image by backward_kernel.
+    // applied to the whole image by AffineRows::Image::finish_unit.
     const double gx = inside[w] != 0 ? double(g_ix_row[w] * dix[w]) : 0.0;
     const double gy = inside[w] != 0 ? double(g_iy_row[w] * diy[w]) : 0.0;
     gx_bx += gx * double(base_x[w]);
@@ -548,7 +550,8 @@ void forward_kernel(const at::Tensor& input, const Source& source, const at::Ten
 }
 
 // Work units of the backward pass are (image, channel group): each writes only its own slice
-// of grad_input and its own theta partial, and the partials are summed in a fixed order.
+// of grad_input and its own partial of the coordinate gradient, and the partials are summed in a
+// fixed order.
 // The split depends on the shape alone, so results do not depend on the thread count.
 int64_t channel_groups(int64_t batch, int64_t channels) {
   constexpr int64_t kMinUnits = 8;
@@ -683,7 +686,6 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   const Geometry in(input), gout(grad_output);
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* gout_ptr = grad_output.const_data_ptr<scalar_t>();
-  const int64_t group_size = (in.c + groups - 1) / groups;
   const TapDeltas in_delta(in), gin_delta(gin);
   const int64_t block = channel_block(in);
   // grad_input takes input's memory format, so this holds unless input has unusual strides.
@@ -697,8 +699,9 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
     std::vector<T> g_ix(gout.w), g_iy(gout.w);  // per pixel, summed over the unit's channels
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t n = unit / groups;
-      const int64_t c_begin = (unit % groups) * group_size;
-      const int64_t c_end = std::min(in.c, c_begin + group_size);
+      // The channels split evenly: no group is empty (groups <= channels).
+      const int64_t c_begin = (unit % groups) * in.c / groups;
+      const int64_t c_end = (unit % groups + 1) * in.c / groups;
       auto image = source.image(n, unit);
       if constexpr (kGradInput) zero_channels(grad_in_ptr + n * gin.sn, gin, c_begin, c_end);
       for (int64_t h = 0; h < gout.h; ++h) {

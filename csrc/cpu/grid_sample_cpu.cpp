@@ -447,7 +447,8 @@ struct PointAxes {
 
 // The weighted sum of a point's taps in one plane, axis by axis: over axis kAxis's taps t,
 // weight[kAxis][t] times the tap's value (axis 0) or times the same sum over the axes below at
-// that tap (so 2-D sums each row of taps, then the rows, as ATen's bicubic does). Fewer
+// that tap (so 2-D sums each row of taps, then the rows, as ATen's bicubic does; points whose
+// rows are whole vectors take gather_axis_vectors instead). Fewer
 // multiplies than a weight per tap, and short independent chains of additions. kMasked: a tap
 // outside on any axis reads `outside` (inside_above: whether the taps above are all inside).
 template <int kAxis, bool kMasked, int kDim, int kAxisTaps, typename T, typename scalar_t>
@@ -587,7 +588,8 @@ C10_ALWAYS_INLINE void gather_taps(const Row& row, int64_t w, const scalar_t* pl
 
 // d(loss)/d(pixel x, y) of 2-D point w from tap_sum[k] (tap k's value times the incoming
 // gradient, summed over the channels; x fastest): the product rule over the axis weights, each
-// row of taps summed first, as the forward pass sums them. Adds to g_pixel.
+// row of taps summed first, as separable_sum sums them (gather_axis_vectors sums the same terms
+// in another order). Adds to g_pixel.
 template <typename Row, typename T>
 C10_ALWAYS_INLINE void separable_coordinate_gradient(const Row& row, int64_t w,
                                                      const T* tap_sum, T* g_pixel) {
