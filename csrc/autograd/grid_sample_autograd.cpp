@@ -19,6 +19,12 @@ using BackwardSignature = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view,
     bool, const OptionalTensor&, std::array<bool, 2>);
 
+// The dispatcher's handle of op `qualname` ("stn_ext::<name>") with C++ signature Signature.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const char* qualname) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(qualname, "").typed<Signature>();
+}
+
 // What both ops save in the forward pass: input, its coordinates, the fill value (undefined for
 // None) and the options.
 void save_for_backward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& coords,
@@ -48,10 +54,6 @@ variable_list sample_backward(const c10::TypedOperatorHandle<BackwardSignature>&
   return grads;
 }
 
-c10::TypedOperatorHandle<BackwardSignature> backward_op(const char* qualname) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(qualname, "").typed<BackwardSignature>();
-}
-
 class GridSample : public torch::autograd::Function<GridSample> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& grid,
@@ -60,15 +62,13 @@ class GridSample : public torch::autograd::Function<GridSample> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     save_for_backward(ctx, input, grid, fill_value, mode, padding_mode, align_corners);
     static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("stn_ext::grid_sample", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
-                              c10::string_view, bool, const OptionalTensor&)>();
+        typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
+                            c10::string_view, bool, const OptionalTensor&)>("stn_ext::grid_sample");
     return op.call(input, grid, mode, padding_mode, align_corners, fill_value);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static const auto op = backward_op("stn_ext::grid_sample_backward");
+    static const auto op = typed_op<BackwardSignature>("stn_ext::grid_sample_backward");
     return sample_backward(op, ctx, grad_outputs, /*options=*/4);
   }
 };
@@ -81,16 +81,14 @@ class AffineSample : public torch::autograd::Function<AffineSample> {
                             bool align_corners, const OptionalTensor& fill_value) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     save_for_backward(ctx, input, theta, fill_value, mode, padding_mode, align_corners);
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("stn_ext::affine_sample", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                              c10::string_view, c10::string_view, bool, const OptionalTensor&)>();
+    static const auto op = typed_op<at::Tensor(
+        const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, c10::string_view,
+        c10::string_view, bool, const OptionalTensor&)>("stn_ext::affine_sample");
     return op.call(input, theta, out_size, mode, padding_mode, align_corners, fill_value);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static const auto op = backward_op("stn_ext::affine_sample_backward");
+    static const auto op = typed_op<BackwardSignature>("stn_ext::affine_sample_backward");
     return sample_backward(op, ctx, grad_outputs, /*options=*/5);
   }
 };

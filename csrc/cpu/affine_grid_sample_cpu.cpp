@@ -461,6 +461,7 @@ struct GridRows {
   struct Image {
     const GridRows* rows;
     const scalar_t* points;
+    T* grad;  // the work unit's grad_partials
     // Any point of a dense grid may be non-finite.
     static constexpr bool check_undefined = true;
 
@@ -472,7 +473,6 @@ struct GridRows {
         return T(p[w * sw]);
       };
     }
-    T* grad;  // the work unit's grad_partials
 
     // A point with no tap in the image has a zero gradient (whatever grad_output holds), an
     // undefined point a NaN one.
@@ -579,7 +579,7 @@ struct BlockPlanes {
 // one set of tap offsets serves both, which frees the registers the channel loop needs.
 // kTapVectors (see TapVectors) takes the input taps of a pixel with no tap in the padding as
 // one vector.
-template <bool kGradInput, bool kGradTheta, int kTaps, bool kSameLayout, bool kTapVectors,
+template <bool kGradInput, bool kGradCoordinates, int kTaps, bool kSameLayout, bool kTapVectors,
           typename T, typename scalar_t, typename grad_in_t>
 void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>& planes,
                   const int64_t* __restrict gin_origin, TapDeltas in_delta,
@@ -606,14 +606,14 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
         for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
                      s += planes.input_sc, d += kGradInput ? grad_input_sc : 0) {
           const T g = T(*go);
-          if constexpr (kGradTheta) {
+          if constexpr (kGradCoordinates) {
             diffs += g * tap_differences<T>(load_tap_row(s), load_tap_row(s + in_delta.sh));
           }
           if constexpr (kGradInput) {
             for (int k = 0; k < 4; ++k) d[gin_delta[k]] += static_cast<grad_in_t>(weight[k] * g);
           }
         }
-        if constexpr (kGradTheta) {
+        if constexpr (kGradCoordinates) {
           g_ix_row[w] += stencil.north * diffs[0] + stencil.south * diffs[1];
           g_iy_row[w] += stencil.west * diffs[2] + stencil.east * diffs[3];
         }
@@ -635,7 +635,7 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
           }
         }
       }
-      if constexpr (kGradTheta) {
+      if constexpr (kGradCoordinates) {
         T v[4];
         if (all_inside) {
           for (int k = 0; k < 4; ++k) v[k] = T(s[in_delta[k]]);
@@ -648,7 +648,7 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
         g_iy += g * d_iy;
       }
     }
-    if constexpr (kGradTheta) {
+    if constexpr (kGradCoordinates) {
       g_ix_row[w] = g_ix;
       g_iy_row[w] = g_iy;
     }
@@ -674,9 +674,9 @@ void zero_channels(grad_in_t* image, const Geometry& g, int64_t c_begin, int64_t
 
 // grad_in_t is the opmath type: float for float and reduced-precision inputs (accumulating in
 // half would lose gradient mass; the caller casts back), double for double.
-// kGradTheta: whether the coordinate source's gradient is wanted (it takes it back per work unit,
-// see AffineRows and GridRows).
-template <Interpolation kMode, Padding kPadding, bool kGradInput, bool kGradTheta,
+// kGradCoordinates: whether the coordinate source's gradient is wanted (it takes it back per work
+// unit, see AffineRows and GridRows).
+template <Interpolation kMode, Padding kPadding, bool kGradInput, bool kGradCoordinates,
           typename scalar_t, typename grad_in_t, typename Source>
 void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, const Source& source,
                      bool align_corners, grad_in_t* grad_in_ptr, const Geometry& gin,
@@ -705,8 +705,8 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
       auto image = source.image(n, unit);
       if constexpr (kGradInput) zero_channels(grad_in_ptr + n * gin.sn, gin, c_begin, c_end);
       for (int64_t h = 0; h < gout.h; ++h) {
-        row.template resolve<kMode, kPadding, kGradTheta>(image.grid_x(h), image.grid_y(h), in,
-                                                          align_corners, image.check_undefined);
+        row.template resolve<kMode, kPadding, kGradCoordinates>(
+            image.grid_x(h), image.grid_y(h), in, align_corners, image.check_undefined);
         if (kGradInput && !same_layout) row.set_origins(gin, gin_origin.data());
         std::fill(g_ix.begin(), g_ix.end(), T(0));
         std::fill(g_iy.begin(), g_iy.end(), T(0));
@@ -717,22 +717,22 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
           if constexpr (kHasTapVectors<kTaps, scalar_t>) {
             if (tap_vectors) {
-              backward_row<kGradInput, kGradTheta, kTaps, true, true>(
+              backward_row<kGradInput, kGradCoordinates, kTaps, true, true>(
                   row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
               continue;
             }
           }
           if (same_layout) {
-            backward_row<kGradInput, kGradTheta, kTaps, true, false>(
+            backward_row<kGradInput, kGradCoordinates, kTaps, true, false>(
                 row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
           } else {
-            backward_row<kGradInput, kGradTheta, kTaps, false, false>(
+            backward_row<kGradInput, kGradCoordinates, kTaps, false, false>(
                 row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
           }
         }
-        if constexpr (kGradTheta) image.add_row_gradient(row, h, g_ix.data(), g_iy.data());
+        if constexpr (kGradCoordinates) image.add_row_gradient(row, h, g_ix.data(), g_iy.data());
       }
-      if constexpr (kGradTheta) image.finish_unit();
+      if constexpr (kGradCoordinates) image.finish_unit();
     }
   });
 }
@@ -754,13 +754,14 @@ at::Tensor sample_rows(const at::Tensor& input, int64_t out_h, int64_t out_w,
       at::empty({input.size(0), input.size(1), out_h, out_w},
                 input.options().memory_format(output_memory_format(input))));
   if (output.numel() == 0) return output;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sample_rows", [&] {
-    const auto source = make_source(scalar_t{});
-    with_static_config(cfg, [&](auto mode, auto padding) {
-      forward_kernel<decltype(mode)::value, decltype(padding)::value, scalar_t>(
-          input, source, output, cfg.align_corners);
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "sample_rows", [&] {
+        const auto source = make_source(scalar_t{});
+        with_static_config(cfg, [&](auto mode, auto padding) {
+          forward_kernel<decltype(mode)::value, decltype(padding)::value, scalar_t>(
+              input, source, output, cfg.align_corners);
+        });
+      });
   return output;
 }
 
@@ -809,16 +810,19 @@ at::Tensor sample_rows_backward(const at::Tensor& grad_output, const at::Tensor&
   return grad_input_acc.to(input.scalar_type());  // no copy when already so
 }
 
-at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& theta, int64_t out_h,
-                                  int64_t out_w, c10::string_view mode,
-                                  c10::string_view padding_mode, bool align_corners) {
-  check_sample_args(input, theta, out_h, out_w);
-  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
-  return affine_sample_rows_cpu(input, theta, {out_h, out_w}, cfg);
+}  // namespace
+
+at::Tensor affine_sample_rows_cpu(const at::Tensor& input, const at::Tensor& theta,
+                                  at::IntArrayRef out_size, const SampleConfig& cfg) {
+  const Geometry in(input);
+  return sample_rows(input, out_size[0], out_size[1], cfg, [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    return AffineRows<at::opmath_type<scalar_t>, scalar_t>(theta, out_size[1], out_size[0],
+                                                            cfg.align_corners, in);
+  });
 }
 
-// The backward pass at an affine map: (grad_input, grad_theta) as output_mask asks.
-std::tuple<at::Tensor, at::Tensor> affine_rows_backward(
+std::tuple<at::Tensor, at::Tensor> affine_sample_rows_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
     const SampleConfig& cfg, std::array<bool, 2> output_mask) {
   const int64_t groups = channel_groups(input.size(0), input.size(1));
@@ -845,17 +849,6 @@ std::tuple<at::Tensor, at::Tensor> affine_rows_backward(
   return {grad_input, grad_theta};
 }
 
-std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
-    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-    std::array<bool, 2> output_mask) {
-  check_backward_args(grad_output, input, theta);
-  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
-  return affine_rows_backward(grad_output, input, theta, cfg, output_mask);
-}
-
-}  // namespace
-
 at::Tensor grid_sample_rows_cpu(const at::Tensor& input, const at::Tensor& grid,
                                 const SampleConfig& cfg) {
   return sample_rows(input, grid.size(1), grid.size(2), cfg, [&](auto scalar) {
@@ -880,7 +873,8 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_rows_backward_cpu(
       grad_output, input, cfg, output_mask, groups, [&](auto scalar) {
         using scalar_t = decltype(scalar);
         using T = at::opmath_type<scalar_t>;
-        return GridRows<T, scalar_t>(grid, output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr);
+        return GridRows<T, scalar_t>(grid,
+                                     output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr);
       });
   at::Tensor grad_grid = at::empty({0}, grid.options());
   if (output_mask[1]) {
@@ -895,21 +889,26 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_rows_backward_cpu(
   return {grad_input, grad_grid};
 }
 
-at::Tensor affine_sample_rows_cpu(const at::Tensor& input, const at::Tensor& theta,
-                                  at::IntArrayRef out_size, const SampleConfig& cfg) {
-  const Geometry in(input);
-  return sample_rows(input, out_size[0], out_size[1], cfg, [&](auto scalar) {
-    using scalar_t = decltype(scalar);
-    return AffineRows<at::opmath_type<scalar_t>, scalar_t>(theta, out_size[1], out_size[0],
-                                                            cfg.align_corners, in);
-  });
+namespace {
+
+at::Tensor affine_grid_sample_cpu(const at::Tensor& input, const at::Tensor& theta, int64_t out_h,
+                                  int64_t out_w, c10::string_view mode,
+                                  c10::string_view padding_mode, bool align_corners) {
+  check_sample_args(input, theta, out_h, out_w);
+  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
+  return affine_sample_rows_cpu(input, theta, {out_h, out_w}, cfg);
 }
 
-std::tuple<at::Tensor, at::Tensor> affine_sample_rows_backward_cpu(
+std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
-    const SampleConfig& cfg, std::array<bool, 2> output_mask) {
-  return affine_rows_backward(grad_output, input, theta, cfg, output_mask);
+    c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+    std::array<bool, 2> output_mask) {
+  check_backward_args(grad_output, input, theta);
+  const SampleConfig cfg = parse_config(std::string(mode), std::string(padding_mode), align_corners);
+  return affine_sample_rows_backward_cpu(grad_output, input, theta, cfg, output_mask);
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(stn_ext, CPU, m) {
   m.impl("affine_grid_sample", &affine_grid_sample_cpu);

@@ -911,8 +911,6 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
   return {grad_input_acc.to(input.scalar_type()), grad_coordinates.to(coordinates.scalar_type())};
 }
 
-
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stn_ext, CPU, m) { GeneralOps<Cpu>::register_kernels(m); }
