@@ -2,13 +2,16 @@
 grid-stride loops over a batch above the grid's y-limit, the 64-bit index path, several blocks
 per image in any block order, and the number of kernel launches per call. The shared matrix
 (test_op.py, test_registration.py) runs the same kernels on the `cuda-emulated` backend."""
+import math
+
 import pytest
 import torch
 
 from stn_ext.functional import checked_grid_arguments
 from stn_ext.testing import cuda_emulation
-from _reference import (CONFIG_IDS, CONFIGS, Backend, assert_close, deterministic_mode, grads,
-                        make_case, max_abs, random_input, reference, seed_of)
+from _reference import (CONFIG_IDS, CONFIGS, SHAPES, Backend, assert_bitwise_identical,
+                        assert_close, deterministic_mode, grads, make_case, max_abs, out_hw,
+                        random_input, reference, seed_of)
 
 EMULATED = Backend("cuda-emulated", "cpu")
 
@@ -26,6 +29,7 @@ LIMITS = {
 
 # Inputs for each backward path: a small image takes the one-block-per-image kernel that stages
 # grad_input in shared memory (backward_staged_kernel, up to 32 KB an image); a larger one the
+# gather (backward_gather_kernel: zeros padding, float or double, up to 4 channels) or else the
 # kernel with several blocks per image and atomics in global memory.
 INPUT_SHAPES = {"staged": (5, 3, 6, 9), "global": (5, 3, 64, 64)}
 
@@ -93,38 +97,54 @@ def test_launch_count(call):
 
 
 def _aten_calls(call) -> list:
-    """The ATen ops that call() runs, nested ones included (torch.profiler's record of the
-    dispatcher), by name."""
+    """The ATen ops that call() runs itself, by name (torch.profiler's record of the dispatcher;
+    not the ops those run in turn, such as the fill inside a CPU reduction, which a GPU's
+    reduction kernel does not launch)."""
+    def is_aten(event):
+        return event is not None and event.name.startswith("aten::")
+
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         call()
-    return [event.name for event in profile.events() if event.name.startswith("aten::")]
+    return [event.name for event in profile.events()
+            if is_aten(event) and not is_aten(event.cpu_parent)]
 
 
-# What the staged backward must not run: a fill of grad_input, a reduction of theta partials,
-# a cast of either (each a kernel launch on a GPU).
+# What a backward that writes grad_input once must not run: a fill of grad_input, a reduction
+# of theta partials, a cast of either (each a kernel launch on a GPU).
 EXTRA_PASSES = ("aten::zero_", "aten::fill_", "aten::zeros", "aten::zeros_like", "aten::sum",
-                "aten::_to_copy", "aten::copy_")
+                "aten::to", "aten::_to_copy", "aten::copy_")
+
+# (kernel launches, the EXTRA_PASSES it runs) by backward path, at the shapes of INPUT_SHAPES:
+# a small image is staged (one kernel, nothing else); a larger float one is gathered (the gather
+# and its fallback for images it cannot gather, then the theta partials' sum); a larger half one
+# is scattered with atomics into a zero-filled float buffer, summed and cast.
+BACKWARD_PASSES = {
+    ("staged", torch.float32): (1, set()),
+    ("staged", torch.float16): (1, set()),
+    ("staged", torch.bfloat16): (1, set()),
+    ("global", torch.float32): (2, {"aten::sum"}),
+    ("global", torch.float16): (1, {"aten::zeros_like", "aten::sum", "aten::to"}),
+    ("global", torch.bfloat16): (1, {"aten::zeros_like", "aten::sum", "aten::to"}),
+}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("shape", INPUT_SHAPES.values(), ids=INPUT_SHAPES.keys())
-def test_staged_backward_runs_no_extra_pass(shape, dtype):
-    """At a small image (the STN regime) the backward is one kernel writing grad_input and
-    grad_theta in their final dtype: no zero-fill, partials' reduction or cast in ATen around
-    it. A larger image still takes them (which shows the check sees them)."""
+@pytest.mark.parametrize("shape", INPUT_SHAPES, ids=INPUT_SHAPES.keys())
+def test_backward_passes(shape, dtype):
+    """The backward's kernels and the ATen passes around them, by path: at a small image (the
+    STN regime) one kernel writes grad_input and grad_theta in their final dtype, with no
+    zero-fill, reduction or cast; a larger float image's gathered grad_input needs no fill."""
     size = (7, 4)
-    x, theta = make_case(EMULATED, shape, size, CONFIGS[0], dtype, seed_of("passes", shape))
-    grad_output = torch.ones(*shape[:2], *size, dtype=dtype)
+    x, theta = make_case(EMULATED, INPUT_SHAPES[shape], size, CONFIGS[0], dtype,
+                         seed_of("passes", shape))
+    grad_output = torch.ones(*x.shape[:2], *size, dtype=dtype)
     before = cuda_emulation.launch_count()
     calls = _aten_calls(lambda: cuda_emulation.backward_op()(
         grad_output, x, theta, *CONFIGS[0].values(), [True, True]))
-    assert cuda_emulation.launch_count() - before == 1
-    extra = [name for name in calls if name in EXTRA_PASSES]
-    if shape == INPUT_SHAPES["staged"]:
-        assert not extra, extra
-    else:
-        assert extra
+    launches, passes = BACKWARD_PASSES[shape, dtype]
+    assert cuda_emulation.launch_count() - before == launches
+    assert {name for name in calls if name in EXTRA_PASSES} == passes
 
 
 @pytest.mark.parametrize("shape,size", [((2, 0, 5, 6), (4, 3)), ((2, 3, 5, 6), (0, 4)),
@@ -341,3 +361,169 @@ def test_general_launch_count(call, op):
     assert_launches(
         call, lambda: getattr(ops, op)(x, coords, *size_arg, *options),
         lambda mask: getattr(ops, f"{op}_backward")(grad_output, x, coords, *options, mask))
+
+
+# --- the gathered backward of large images (backward_gather_kernel) ---------------------------
+
+ZEROS_CONFIGS = {CONFIG_IDS[i]: CONFIGS[i] for i, c in enumerate(CONFIGS)
+                 if c["padding_mode"] == "zeros"}
+GATHER_SHAPES = {name: case for name, case in SHAPES.items() if case[0][1] <= 4}
+
+
+def gathers_every_image(shape, size, align_corners: bool) -> bool:
+    """Whether a near-identity theta gives an invertible map from output to input pixels: an
+    output axis of 1 pixel, or an input axis of 1 pixel with align_corners, makes it singular."""
+    out_h, out_w = out_hw(shape, size)
+    singular_input = align_corners and min(shape[2:]) == 1
+    return min(out_h, out_w) > 1 and not singular_input
+
+
+def emulated_backward(x, theta, size, config, grad_output, **limits):
+    """(output, grad input, grad theta) on the emulated kernels with the small images' staging
+    off, and the atomic additions the backward made."""
+    with cuda_emulation.device_limits(stage_small_images=False, **limits):
+        out = cuda_emulation.affine_grid_sample(x, theta, size, **config)
+        before = cuda_emulation.atomic_adds()
+        gx, gth = torch.autograd.grad(out, (x, theta), grad_output.to(out.dtype))
+        return out, gx, gth, cuda_emulation.atomic_adds() - before
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("config", ZEROS_CONFIGS.values(), ids=ZEROS_CONFIGS.keys())
+@pytest.mark.parametrize("case", GATHER_SHAPES.values(), ids=GATHER_SHAPES.keys())
+def test_gather_backward(case, config, dtype):
+    """With zeros padding, float or double and up to 4 channels, grad_input is gathered per input
+    pixel (no atomics) and theta's gradient taken in the same pass; an image whose map is singular
+    is left to the scattering kernel (atomics). Both equal the reference on the shared shapes."""
+    shape, size = case
+    seed = seed_of("gather", shape, config)
+    x, theta = make_case(EMULATED, shape, size, config, dtype, seed, requires_grad=True)
+    grad_output = random_input((*shape[:2], *out_hw(shape, size)), seed=seed + 1, dtype=dtype)
+    out, gx, gth, atomics = emulated_backward(x, theta, size, config, grad_output)
+    ref, rgx, rgth = grads(lambda a, t: reference(a, t, size, **config), x, theta, grad_output)
+    assert_close(out, ref, dtype, "output")
+    assert_close(gx, rgx, dtype, "grad input", scale=max_abs(rgx))
+    assert_close(gth, rgth, dtype, "grad theta", scale=max_abs(rgth))
+    assert (atomics == 0) == gathers_every_image(shape, size, config["align_corners"])
+
+
+def rotation(degrees: float, scale: float = 1.0, shift=(0.0, 0.0)) -> torch.Tensor:
+    c, s = math.cos(math.radians(degrees)) * scale, math.sin(math.radians(degrees)) * scale
+    return torch.tensor([[c, -s, shift[0]], [s, c, shift[1]]], dtype=torch.float64)
+
+
+# One theta per image of one call (the identity's points lie exactly on pixels, the others' at
+# least 5e-5 pixel from any kink, see kink_distance): the gather takes the first six, the scattering fallback the
+# rest (singular, not finite, or with over kMaxGatherCandidates candidates a pixel; "huge" only
+# in float32, whose coordinates it would take near overflow).
+GATHER_THETAS = {
+    "identity": torch.eye(2, 3, dtype=torch.float64),
+    "rotate-30-shifted": rotation(30.0, 1.0, (0.1037, -0.2113)),
+    "zoom-in-4x": rotation(10.0, 0.25, (0.0123, 0.0071)),
+    "zoom-out-3x": rotation(-20.0, 3.0),
+    "mirrored-sheared": torch.tensor([[-1.0, 0.43, 0.0517], [0.21, 0.87, 0.0131]],
+                                     dtype=torch.float64),
+    "partly-outside": rotation(45.0, 1.5, (0.9071, 0.7043)),
+    "zero": torch.zeros(2, 3, dtype=torch.float64),
+    "rank-1": torch.tensor([[0.5, 0.5, 0.0113], [1.0, 1.0, 0.1071]], dtype=torch.float64),
+    "squashed-1e-4": torch.tensor([[1.0, 0.0, 0.0], [0.0, 1e-4, 0.0]], dtype=torch.float64),
+    "huge": torch.tensor([[1e30, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64),
+    "nan": torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64),
+}
+GATHERED_THETAS = 6
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("config", ZEROS_CONFIGS.values(), ids=ZEROS_CONFIGS.keys())
+def test_gather_backward_thetas(config, dtype):
+    """Maps the gather must cover (rotated, zoomed in 4x and out 3x, mirrored, partly outside)
+    and maps it must leave to the fallback, in one batch: every gradient equals the reference
+    (NaN where it is NaN), and only the fallback's images make atomic additions."""
+    shape, size = (len(GATHER_THETAS), 2, 23, 31), (19, 26)
+    theta = torch.stack(list(GATHER_THETAS.values())).to(dtype).requires_grad_()
+    x = random_input(shape, seed=seed_of("gather-thetas"), dtype=dtype).requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of("gather-thetas-grad"),
+                               dtype=dtype)
+    out, gx, gth, atomics = emulated_backward(x, theta, size, config, grad_output)
+    ref, rgx, rgth = grads(lambda a, t: reference(a, t, size, **config), x, theta, grad_output)
+    # The NaN theta's image: every point undefined (test_op.py's test_non_finite_theta): NaN
+    # output, nothing added to the input's gradient, a NaN theta gradient (zero for nearest).
+    undefined = list(GATHER_THETAS).index("nan")
+    ref, rgth = ref.detach().clone(), rgth.detach().clone()
+    ref[undefined] = math.nan
+    rgth[undefined] = math.nan if config["mode"] == "bilinear" else 0.0
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    for got, want, what in ((out, ref, "output"), (gx, rgx, "grad input"),
+                            (gth, rgth, "grad theta")):
+        for n, name in enumerate(GATHER_THETAS):
+            scale = max(1.0, float(want[n].detach().nan_to_num(0, 0, 0).abs().max()))
+            torch.testing.assert_close(got[n], want[n], equal_nan=True, rtol=tol["rtol"],
+                                       atol=tol["atol"] * scale,
+                                       msg=lambda m: f"{what}, {name}: {m}")
+    assert atomics > 0
+    _, _, _, gathered_atomics = emulated_backward(
+        x[:GATHERED_THETAS], theta[:GATHERED_THETAS], size, config, grad_output[:GATHERED_THETAS])
+    assert gathered_atomics == 0
+
+
+def test_gather_backward_is_bitwise_deterministic():
+    """The gather sums each input pixel's points in a fixed order: the same bits whatever order
+    the blocks run in (atomics would add in the order they run)."""
+    shape, size = (3, 3, 40, 50), (37, 45)
+    x = random_input(shape, seed=seed_of("gather-bits"), dtype=torch.float32).requires_grad_()
+    theta = torch.stack([rotation(25.0, 0.7), rotation(-60.0, 1.3), rotation(90.0)])
+    theta = theta.float().requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of("gather-bits-grad"),
+                               dtype=torch.float32)
+    runs = [emulated_backward(x, theta, size, CONFIGS[0], grad_output, block_order_seed=seed)
+            for seed in (0, 7, 123)]
+    assert_bitwise_identical([run[1:3] for run in runs])
+    assert all(run[3] == 0 for run in runs)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_gather_backward_gradcheck(mode):
+    config = dict(mode=mode, padding_mode="zeros", align_corners=False)
+    shape, size = (2, 2, 5, 6), (4, 7)
+    x, theta = make_case(EMULATED, shape, size, config, torch.float64, seed_of("gather-gc", mode),
+                         requires_grad=True)
+    with cuda_emulation.device_limits(stage_small_images=False):
+        assert torch.autograd.gradcheck(
+            lambda a, t: cuda_emulation.affine_grid_sample(a, t, size, **config), (x, theta))
+
+
+@pytest.mark.parametrize("align_corners", [False, True], ids=["noac", "ac"])
+def test_gather_backward_zero_weight_taps(align_corners):
+    """The identity at the input's size puts every point exactly on a pixel: its other taps have
+    weight 0 and sit at the very edge of their pixels' candidate boxes. They still add
+    0 * grad_output, NaN where grad_output is NaN or infinite (as ATen)."""
+    config = dict(mode="bilinear", padding_mode="zeros", align_corners=align_corners)
+    shape = (1, 2, 9, 11)
+    x = random_input(shape, seed=seed_of("gather-zero-weights")).requires_grad_()
+    theta = torch.eye(2, 3, dtype=torch.float64).unsqueeze(0).requires_grad_()
+    grad_output = random_input(shape, seed=seed_of("gather-zero-weights-grad"))
+    grad_output[0, 0, 4, 6], grad_output[0, 1, 2, 3] = math.nan, math.inf
+    _, gx, _, atomics = emulated_backward(x, theta, None, config, grad_output)
+    _, rgx, _ = grads(lambda a, t: reference(a, t, None, **config), x, theta, grad_output)
+    assert atomics == 0
+    assert torch.equal(gx.isnan(), rgx.isnan()) and gx.isnan().sum() >= 4
+    torch.testing.assert_close(gx, rgx, equal_nan=True)
+
+
+@pytest.mark.parametrize("want_theta", [False, True], ids=["input-only", "input-and-theta"])
+def test_gather_backward_grid_stride(want_theta):
+    """One block row for the whole batch (grid y-limit 1): each block gathers image after image
+    with the plan of each (made by one thread and shared), also when no theta gradient's
+    reduction puts barriers between the images."""
+    config = CONFIGS[0]
+    shape, size = (GATHERED_THETAS, 2, 23, 31), (19, 26)
+    thetas = torch.stack(list(GATHER_THETAS.values())[:GATHERED_THETAS]).requires_grad_(want_theta)
+    x = random_input(shape, seed=seed_of("gather-stride")).requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of("gather-stride-grad"))
+    with cuda_emulation.device_limits(max_grid_y=1, stage_small_images=False):
+        out = cuda_emulation.affine_grid_sample(x, thetas, size, **config)
+        got = torch.autograd.grad(out, (x, thetas) if want_theta else x, grad_output)
+    ref = reference(x, thetas, size, **config)
+    want = torch.autograd.grad(ref, (x, thetas) if want_theta else x, grad_output)
+    for g, w, what in zip(got, want, ("grad input", "grad theta")):
+        assert_close(g, w, torch.float64, what, scale=max_abs(w))

@@ -231,17 +231,32 @@ __device__ inline void add_point_theta_grad(const DeviceTaps<T, index_t>& t,
   for (int k = 0; k < 6; ++k) tg[k] += acc.g[k];
 }
 
+// Where a backward kernel's blocks put their theta-gradient partials: block b of image n at
+// data + (n * per_image + first + b) * 6 (first: the partials of an earlier kernel of the same
+// call come before), summed over each image's row by the host.
+template <typename T>
+struct ThetaPartials {
+  T* data;  // nullptr: no theta gradient wanted
+  int64_t per_image, first;
+
+  __device__ T* of_block(int64_t n) const {
+    return data + (n * per_image + first + blockIdx.x) * 6;
+  }
+};
+
 // One thread per (output pixel, group of kVec channels) (ChannelSplit); every thread of a block
-// adds its share of the pixels' theta gradients to the block's partial. grad_in_t is the opmath
-// type (atomics on a float buffer are both faster and more accurate than on half); the host
-// casts it back.
+// adds its share of the pixels' theta gradients to the block's partial. The atomic sink is of
+// the opmath type (atomics on a float buffer are both faster and more accurate than on half);
+// the host casts it back. Images whose `gathered` flag is set (nullptr: none) were done by
+// backward_gather_kernel: their threads add nothing.
 template <typename scalar_t, typename index_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
                     const scalar_t* __restrict__ input, Geometry<index_t> in,
                     const scalar_t* __restrict__ theta, ThetaStrides ts,
                     InputGradSink<at::opmath_type<scalar_t>> sink, Geometry<index_t> gin,
-                    at::opmath_type<scalar_t>* __restrict__ theta_partials, SampleConfig cfg) {
+                    ThetaPartials<at::opmath_type<scalar_t>> partials,
+                    const bool* __restrict__ gathered, SampleConfig cfg) {
   using T = at::opmath_type<scalar_t>;
   const ChannelSplit<kVec> split(in.c);
   const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -250,11 +265,11 @@ __global__ void __launch_bounds__(kThreads)
   const ChannelWork<index_t> work = split.work(active ? item : 0, in.c);
   const int64_t pixel = work.point;
   const index_t h = static_cast<index_t>(pixel / gout.w), w = static_cast<index_t>(pixel % gout.w);
-  const bool want_theta = theta_partials != nullptr && cfg.mode == Interpolation::Bilinear;
+  const bool want_theta = partials.data != nullptr && cfg.mode == Interpolation::Bilinear;
 
   for (int64_t n = blockIdx.y; n < gout.n; n += gridDim.y) {
     T tg[6] = {T(0), T(0), T(0), T(0), T(0), T(0)};
-    if (active) {
+    if (active && !(gathered != nullptr && gathered[n])) {
       const Affine<T> a = Affine<T>::load(theta + n * ts.n, ts.row, ts.col);
       T base_x, base_y;
       const SourcePoint<T> p =
@@ -280,10 +295,10 @@ __global__ void __launch_bounds__(kThreads)
           &g_ix, &g_iy);
       if (want_theta) add_point_theta_grad(t, p, g_ix, g_iy, base_x, base_y, tg);
     }
-    if (theta_partials != nullptr) {
+    if (partials.data != nullptr) {
       block_sum(tg);
       if (threadIdx.x == 0) {
-        T* out = theta_partials + (n * gridDim.x + blockIdx.x) * 6;
+        T* out = partials.of_block(n);
 #pragma unroll
         for (int k = 0; k < 6; ++k) out[k] = tg[k];
       }
@@ -361,13 +376,302 @@ __global__ void __launch_bounds__(kThreads)
 bool staged_backward_fits(const at::Tensor& grad_output, const at::Tensor& input,
                           bool want_input, bool deterministic) {
   const int64_t opmath_size = at::elementSize(at::toOpMathType(input.scalar_type()));
-  return want_input && !deterministic &&
+  return want_input && !deterministic && stage_small_images() &&
          input.size(1) * input.size(2) * input.size(3) * opmath_size <= kStagedBytes &&
          grad_output.size(2) * grad_output.size(3) <= kStagedPointsPerThread * kThreads;
 }
 
+// --- Large images, few channels: grad_input gathered, written once ---------------------------
+// backward_kernel scatters: grad_input is zero-filled, then every output point adds into its taps
+// with atomics, a read-modify-write per tap and channel. With zeros padding the map from output
+// pixel (w, h) to source pixel (ix, iy) is affine, so unless it is singular the output points
+// with a tap at input pixel (x, y) lie in a small parallelogram of the output, found through the
+// inverse map (GatherPlan). backward_gather_kernel gives each thread one input pixel and sums,
+// in a fixed order, over the points of that parallelogram's bounding box whose taps include the
+// pixel (each point's taps come from taps_of, as in every other kernel, so weights match bit
+// for bit), then writes the pixel's channels once: no fill, no atomics, and deterministic. Each
+// output point's theta gradient is taken by one of its taps' pixels (gather_owner), in the same
+// pass. A block is a 32 x 8 tile of input pixels: under any rotation its candidates are a
+// compact patch of the output, read from L1 by its neighbours.
+// An image whose map is singular, not finite, or so anisotropic that a pixel has over
+// kMaxGatherCandidates candidates is left to backward_kernel (atomics into grad_input, which
+// the gather kernel has zeroed for it): the per-image flag `gathered` says which. Shape decides
+// the path, theta only this per-image fallback, on the device, without a host sync.
+// Arithmetic (an estimate: no GPU run yet), 8x3x1024x1024 fp32, a rotation at scale ~1: DRAM
+// traffic is grad_output, input and grad_input once each, 3 x 100.7 MB = 302 MB, against
+// 503 MB for the scatter (fill 101, grad_output 101, input 101, grad_input read and written
+// 201); ~9-16 candidates per input pixel at ~45 instructions each, 8.4 M pixels: 3.4-6 G lane
+// instructions, ~100-180 us at the H200's ~33 T lane instructions/s against ~80 us for the
+// bytes at ~3.8 TB/s: the candidates' math, not memory, bounds this kernel. Launches: the
+// gather, the fallback (its threads return after one flag load when every image was gathered)
+// and the partials' sum, against fill, scatter and sum. Registers (sm_90, float): 122-124
+// bilinear (2 blocks of 256 an SM), 78-80 nearest; no stack (the plan's double divisions are
+// one thread's, outside the candidate loop).
+constexpr int kGatherTileW = 32, kGatherTileH = kThreads / kGatherTileW;
+constexpr double kMaxGatherCandidates = 1024;
+constexpr int64_t kMaxGatherChannels = 4;  // a thread keeps its pixel's channels in registers
+
+// How the output points with a tap at a given input pixel are found, for one image: the
+// inverse of the affine map (w, h) -> (ix, iy), and how far around the inverse image of the
+// pixel its candidates reach.
+struct GatherPlan {
+  bool gatherable;
+  double inv00, inv01, inv10, inv11;  // (w, h) = inv * ((ix, iy) - origin)
+  double origin_x, origin_y;
+  double reach_w, reach_h;  // half-extents of a pixel's candidate box, in output pixels
+
+  // d(base coordinate) / d(pixel index) along an axis of `size` output pixels (base_coord is
+  // linear in the index up to rounding), and d(pixel) / d(normalised) of unnormalize.
+  __device__ static double base_slope(int64_t size, bool align_corners) {
+    if (size <= 1) return 0.0;
+    return align_corners ? 2.0 / double(size - 1) : 2.0 / double(size);
+  }
+  __device__ static double pixel_slope(int64_t size, bool align_corners) {
+    return align_corners ? double(size - 1) / 2.0 : double(size) / 2.0;
+  }
+
+  template <typename T, typename index_t>
+  __device__ static GatherPlan of(const Affine<T>& a, const Geometry<index_t>& out,
+                                  const Geometry<index_t>& in, const SampleConfig& cfg) {
+    const bool ac = cfg.align_corners;
+    const double ax = base_slope(out.w, ac), ay = base_slope(out.h, ac);
+    const double cx = base_coord<double>(0, out.w, ac), cy = base_coord<double>(0, out.h, ac);
+    const double sx = pixel_slope(in.w, ac), sy = pixel_slope(in.h, ac);
+    const double t00 = a.t00, t01 = a.t01, t02 = a.t02, t10 = a.t10, t11 = a.t11, t12 = a.t12;
+    // ix = m00 w + m01 h + origin_x, iy = m10 w + m11 h + origin_y (unnormalize adds
+    // (size - 1) / 2 in both alignments).
+    const double m00 = sx * t00 * ax, m01 = sx * t01 * ay, m10 = sy * t10 * ax,
+                 m11 = sy * t11 * ay;
+    const double det = m00 * m11 - m01 * m10;
+    GatherPlan plan;
+    plan.origin_x = sx * (t00 * cx + t01 * cy + t02) + double(in.w - 1) / 2.0;
+    plan.origin_y = sy * (t10 * cx + t11 * cy + t12) + double(in.h - 1) / 2.0;
+    const double inv_det = 1.0 / det;
+    plan.inv00 = m11 * inv_det;
+    plan.inv01 = -m01 * inv_det;
+    plan.inv10 = -m10 * inv_det;
+    plan.inv11 = m00 * inv_det;
+    // A point has a tap at pixel x when its ix is within `reach` of x (bilinear: ix in
+    // [x - 1, x + 1); nearest: [x - 0.5, x + 0.5]). The kernels compute ix in T from
+    // intermediates of magnitude up to (|t0| + |t1| + |t2| + 1) * size: `slack` covers their
+    // rounding (a few ulps of that) many times over.
+    const double reach = cfg.mode == Interpolation::Nearest ? 0.5 : 1.0;
+    constexpr double eps = std::numeric_limits<T>::epsilon();
+    const double magnitude_x = (fabs(t00) + fabs(t01) + fabs(t02) + 1.0) * double(in.w) + 1.0;
+    const double magnitude_y = (fabs(t10) + fabs(t11) + fabs(t12) + 1.0) * double(in.h) + 1.0;
+    const double reach_x = reach + 64.0 * eps * magnitude_x;
+    const double reach_y = reach + 64.0 * eps * magnitude_y;
+    constexpr double kSlackOutputPixels = 1e-6;  // the double math's own rounding
+    plan.reach_w = fabs(plan.inv00) * reach_x + fabs(plan.inv01) * reach_y + kSlackOutputPixels;
+    plan.reach_h = fabs(plan.inv10) * reach_x + fabs(plan.inv11) * reach_y + kSlackOutputPixels;
+    // Coordinates far from overflowing T (so none is undefined), and a bounded box; false for
+    // any NaN or infinity on the way (a singular map gives both).
+    const double coordinate_limit = 1e-8 * double(std::numeric_limits<T>::max());
+    plan.gatherable = magnitude_x < coordinate_limit && magnitude_y < coordinate_limit &&
+                      (2.0 * plan.reach_w + 1.0) * (2.0 * plan.reach_h + 1.0) <=
+                          kMaxGatherCandidates;
+    return plan;
+  }
+};
+
+// The output points that may have a tap at one input pixel: [w0, w1] x [h0, h1].
+struct CandidateBox {
+  int64_t w0, w1, h0, h1;
+};
+
+template <typename index_t>
+__device__ inline CandidateBox candidates_of(const GatherPlan& plan, index_t x, index_t y,
+                                             const Geometry<index_t>& out) {
+  const double dx = double(x) - plan.origin_x, dy = double(y) - plan.origin_y;
+  const double w = plan.inv00 * dx + plan.inv01 * dy, h = plan.inv10 * dx + plan.inv11 * dy;
+  // Clamped in double before the conversion: the box may lie far outside the output (an empty
+  // range then has first > last).
+  auto first = [](double v, int64_t size) {
+    return static_cast<int64_t>(ceil(fmin(fmax(v, 0.0), double(size))));
+  };
+  auto last = [](double v, int64_t size) {
+    return static_cast<int64_t>(floor(fmax(fmin(v, double(size - 1)), -1.0)));
+  };
+  return {first(w - plan.reach_w, out.w), last(w + plan.reach_w, out.w),
+          first(h - plan.reach_h, out.h), last(h + plan.reach_h, out.h)};
+}
+
+// The input pixel that takes a bilinear point's theta gradient: of its taps inside the image,
+// the one nearest its top-left tap (x0, y0). A point with any tap inside has x0 in [-1, W - 1]
+// and y0 in [-1, H - 1], so this is one of its taps, whose gather sees the point.
+template <typename T, typename index_t>
+__device__ inline int64_t gather_owner(const Bilinear<T>& b, const Geometry<index_t>& in) {
+  const int64_t x = b.x0 < 0 ? 0 : b.x0;  // (x0 <= W - 1 already)
+  const int64_t y = b.y0 < 0 ? 0 : b.y0;
+  return y * in.w + x;
+}
+
+// One thread per input pixel (blocks of 32 x 8 pixel tiles), all channels (at most
+// kMaxGatherChannels): grad_input of the pixel, and the theta gradients of the points it owns
+// (block partials). Writes grad_input in full, zeros for an image that is not gatherable (then
+// left to backward_kernel, `gathered[n]` false).
+template <Interpolation kMode, typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_gather_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
+                           const scalar_t* __restrict__ input, Geometry<index_t> in,
+                           const scalar_t* __restrict__ theta, ThetaStrides ts,
+                           scalar_t* __restrict__ grad_input, Geometry<index_t> gin,
+                           ThetaPartials<at::opmath_type<scalar_t>> partials,
+                           bool* __restrict__ gathered, bool align_corners) {
+  using T = at::opmath_type<scalar_t>;
+  const SampleConfig cfg{kMode, Padding::Zeros, align_corners};
+  // (32-bit: the grid has fewer than 2^31 blocks, so fewer tiles in a row)
+  const uint32_t tiles_x = static_cast<uint32_t>((in.w + kGatherTileW - 1) / kGatherTileW);
+  const index_t x = static_cast<index_t>(blockIdx.x % tiles_x * kGatherTileW +
+                                         threadIdx.x % kGatherTileW);
+  const index_t y = static_cast<index_t>(blockIdx.x / tiles_x * kGatherTileH +
+                                         threadIdx.x / kGatherTileW);
+  const bool active = x < in.w && y < in.h;
+  const int64_t pixel = static_cast<int64_t>(y) * in.w + x;
+  const bool want_theta = partials.data != nullptr && kMode == Interpolation::Bilinear;
+  // The image's plan, made by one thread (its double math is the same for the whole block):
+  // the other threads neither compute it nor keep its intermediates in registers.
+  __shared__ GatherPlan image_plan;
+  for (int64_t n = blockIdx.y; n < gout.n; n += gridDim.y) {
+    const Affine<T> a = Affine<T>::load(theta + n * ts.n, ts.row, ts.col);
+    if (threadIdx.x == 0) {
+      image_plan = GatherPlan::of(a, gout, in, cfg);
+      if (blockIdx.x == 0) gathered[n] = image_plan.gatherable;
+    }
+    __syncthreads();
+    const GatherPlan& plan = image_plan;
+    T tg[6] = {T(0), T(0), T(0), T(0), T(0), T(0)};
+    if (active) {
+      T acc[kMaxGatherChannels] = {};
+      if (plan.gatherable) {
+        const CandidateBox box = candidates_of(plan, x, y, gout);
+        const scalar_t* go = grad_output + n * gout.sn;
+        for (int64_t h = box.h0; h <= box.h1; ++h) {
+          for (int64_t w = box.w0; w <= box.w1; ++w) {
+            T base_x, base_y;
+            const SourcePoint<T> p =
+                source_point_of(a, h, w, gout.h, gout.w, in.h, in.w, cfg, &base_x, &base_y);
+            const DeviceTaps<T, index_t> t = taps_of(p, cfg, in);
+            bool hit = false;
+            T weight = T(0);
+#pragma unroll
+            for (int k = 0; k < kMaxTaps; ++k) {  // (the taps are distinct pixels)
+              if (t.valid[k] && t.pixel[k] == pixel) {
+                hit = true;
+                weight = t.weight[k];
+              }
+            }
+            if (!hit) continue;
+            const scalar_t* go_point = go + h * gout.sh + w * gout.sw;
+#pragma unroll
+            for (int c = 0; c < kMaxGatherChannels; ++c) {
+              if (c < gin.c) acc[c] += weight * T(go_point[c * gout.sc]);
+            }
+            if (want_theta && gather_owner(t.stencil, in) == pixel) {
+              T g_ix = T(0), g_iy = T(0);
+              backward_channels<1>(
+                  t, go_point, gout.sc, input + n * in.sn, in.sc, index_t{0}, in.c,
+                  /*want_input=*/false, /*want_theta=*/true, [](index_t, int, T) {}, &g_ix,
+                  &g_iy);
+              add_point_theta_grad(t, p, g_ix, g_iy, base_x, base_y, tg);
+            }
+          }
+        }
+      }
+      scalar_t* dst = grad_input + n * gin.sn + y * gin.sh + x * gin.sw;
+#pragma unroll
+      for (int c = 0; c < kMaxGatherChannels; ++c) {
+        if (c < gin.c) dst[c * gin.sc] = static_cast<scalar_t>(acc[c]);
+      }
+    }
+    if (partials.data != nullptr) {
+      block_sum(tg);
+      if (threadIdx.x == 0) {
+        T* out = partials.of_block(n);
+#pragma unroll
+        for (int k = 0; k < 6; ++k) out[k] = tg[k];
+      }
+    }
+    __syncthreads();  // the next image's plan waits for this one's readers
+  }
+}
+
+// Whether backward_gather_kernel takes a call (by shape and settings only): grad_input wanted and
+// not deterministic (an image left to the atomic fallback would not be), zeros padding, float or
+// double (the fallback's atomics go into grad_input itself), at most kMaxGatherChannels channels.
+bool gather_backward_fits(const at::Tensor& input, const SampleConfig& cfg, bool want_input,
+                          bool deterministic) {
+  const at::ScalarType dtype = input.scalar_type();
+  return want_input && !deterministic && cfg.padding == Padding::Zeros &&
+         (dtype == at::kFloat || dtype == at::kDouble) && input.size(1) <= kMaxGatherChannels;
+}
+
+dim3 gather_grid_for(const at::Tensor& input) {
+  const int64_t tiles = (input.size(3) + kGatherTileW - 1) / kGatherTileW *
+                        ((input.size(2) + kGatherTileH - 1) / kGatherTileH);
+  return grid_for(tiles * kThreads, input.size(0));
+}
+
 ThetaStrides strides_of_theta(const at::Tensor& theta) {
   return {theta.stride(0), theta.stride(1), theta.stride(2)};
+}
+
+// The backward pass by backward_gather_kernel (gather_backward_fits), with backward_kernel as
+// the fallback for the images the gather leaves (their flags false), and theta's gradient from
+// both kernels' partials.
+std::tuple<at::Tensor, at::Tensor> backward_by_gather(const at::Tensor& grad_output,
+                                                      const at::Tensor& input,
+                                                      const at::Tensor& theta,
+                                                      const SampleConfig& cfg, bool want_theta) {
+  const int64_t batch = input.size(0);
+  at::Tensor grad_input = at::empty_like(input, output_memory_format(input));
+  at::Tensor gathered = at::empty({batch}, input.options().dtype(at::kBool));
+  const dim3 gather_grid = gather_grid_for(input);
+  const dim3 fallback_grid =
+      grid_for_channels<1>(input.size(1), grad_output.size(2) * grad_output.size(3), batch);
+  const int64_t blocks_per_image = int64_t{gather_grid.x} + fallback_grid.x;
+  at::Tensor partials = want_theta ? at::empty({batch, blocks_per_image, 6}, input.options())
+                                   : at::Tensor();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
+    auto launch = [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      scalar_t* partials_data = want_theta ? partials.mutable_data_ptr<scalar_t>() : nullptr;
+      auto launch_gather = [&](auto gather_kernel) {
+        launch_kernel(gather_kernel, gather_grid, kThreads, stream,
+                      grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
+                      input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
+                      theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
+                      grad_input.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(grad_input),
+                      ThetaPartials<scalar_t>{partials_data, blocks_per_image, 0},
+                      gathered.mutable_data_ptr<bool>(), cfg.align_corners);
+      };
+      switch (cfg.mode) {
+        case Interpolation::Bilinear:
+          launch_gather(backward_gather_kernel<Interpolation::Bilinear, scalar_t, index_t>);
+          break;
+        case Interpolation::Nearest:
+          launch_gather(backward_gather_kernel<Interpolation::Nearest, scalar_t, index_t>);
+          break;
+        case Interpolation::Bicubic:  // parse_config refuses it before any launch
+          TORCH_INTERNAL_ASSERT(false, "affine_grid_sample has no bicubic CUDA kernel");
+      }
+      launch_kernel(backward_kernel<scalar_t, index_t, 1>, fallback_grid, kThreads, stream,
+                    grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
+                    input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
+                    theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
+                    InputGradSink<scalar_t>{grad_input.mutable_data_ptr<scalar_t>(), nullptr,
+                                            nullptr},
+                    geometry_of<index_t>(grad_input),
+                    ThetaPartials<scalar_t>{partials_data, blocks_per_image, gather_grid.x},
+                    gathered.const_data_ptr<bool>(), cfg);
+    };
+    if (fits_int32({grad_output, input, grad_input})) launch(int32_t{0}); else launch(int64_t{0});
+  });
+  at::Tensor grad_theta = want_theta
+      ? partials.sum(1).view({batch, 2, 3})  // (of theta's dtype already)
+      : at::empty({0}, theta.options());
+  return {grad_input, grad_theta};
 }
 
 at::Tensor affine_grid_sample_cuda(const at::Tensor& input, const at::Tensor& theta,
@@ -445,6 +749,10 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
     return {grad_input, grad_theta};
   }
 
+  if (gather_backward_fits(input, cfg, output_mask[0], deterministic)) {
+    return backward_by_gather(grad_output, input, theta, cfg, output_mask[1]);
+  }
+
   const bool atomic_input_grad = output_mask[0] && !deterministic;
   const bool recorded_input_grad = output_mask[0] && deterministic;
   at::Tensor atomic_sum = atomic_input_grad
@@ -476,7 +784,9 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
                         input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
                         theta.const_data_ptr<scalar_t>(), strides_of_theta(theta), sink,
                         geometry_of<index_t>(atomic_input_grad ? atomic_sum : input),
-                        output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr, cfg);
+                        ThetaPartials<T>{output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr,
+                                         static_cast<int64_t>(grid.x), 0},
+                        /*gathered=*/nullptr, cfg);
         };
         // (grad_input's atomics go to atomic_sum, of input's layout: per channel, so they need
         // no vector of their own.)

@@ -42,6 +42,16 @@ inline int64_t max_grid_dim_y() {
 #endif
 }
 
+// Whether the kernels that stage a small image in shared memory take the calls that fit them
+// (the emulation can send those calls to the large images' kernels, for their tests).
+inline bool stage_small_images() {
+#ifdef STN_EXT_CUDA_EMULATION
+  return emulation::settings().stage_small_images;
+#else
+  return true;
+#endif
+}
+
 // Whether every element offset of these tensors fits a 32-bit index (cheaper address math).
 inline bool fits_int32(std::initializer_list<at::Tensor> tensors) {
 #ifdef STN_EXT_CUDA_EMULATION

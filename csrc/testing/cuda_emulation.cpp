@@ -10,17 +10,20 @@
 namespace stn_ext {
 namespace {
 
-void set_device_limits(int64_t max_grid_y, bool force_64bit_indexing, int64_t block_order_seed) {
+void set_device_limits(int64_t max_grid_y, bool force_64bit_indexing, int64_t block_order_seed,
+                       bool stage_small_images) {
   TORCH_CHECK_VALUE(max_grid_y >= 1 && max_grid_y <= 65535,
                     "max_grid_y must be in [1, 65535], got ", max_grid_y);
   emulation::Settings& s = emulation::settings();
   s.max_grid_y = max_grid_y;
   s.force_64bit_indexing = force_64bit_indexing;
   s.block_order_seed = static_cast<uint64_t>(block_order_seed);
+  s.stage_small_images = stage_small_images;
 }
 
 int64_t launch_count() { return emulation::launch_count().load(); }
 int64_t launched_threads() { return emulation::launched_threads().load(); }
+int64_t atomic_adds() { return emulation::atomic_adds().load(); }
 
 }  // namespace
 
@@ -31,10 +34,12 @@ TORCH_LIBRARY(stn_ext_cuda_emulation, m) {
   m.def(kGridSampleBackwardSchema);
   m.def(kAffineSampleSchema);
   m.def(kAffineSampleBackwardSchema);
-  m.def("set_device_limits(int max_grid_y, bool force_64bit_indexing, int block_order_seed) -> ()",
+  m.def("set_device_limits(int max_grid_y, bool force_64bit_indexing, int block_order_seed, "
+        "bool stage_small_images) -> ()",
         &set_device_limits);
   m.def("launch_count() -> int", &launch_count);
   m.def("launched_threads() -> int", &launched_threads);
+  m.def("atomic_adds() -> int", &atomic_adds);
 }
 
 TORCH_LIBRARY_IMPL(stn_ext_cuda_emulation, CPU, m) {

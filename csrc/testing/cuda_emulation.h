@@ -16,8 +16,9 @@
 // - gpuAtomicAdd is an atomic read-modify-write that really races between the warps' threads;
 // - c10::Half and c10::BFloat16 are the same types as in the device build.
 //
-// Settings (grid-y limit, forced 64-bit indexing, block order) and counters (launches, threads) are
-// process-wide and set by the tests through the emulation library's ops.
+// Settings (grid-y limit, forced 64-bit indexing, block order, staging) and counters (launches, threads,
+// atomic additions) are process-wide and set or read by the tests through the emulation
+// library's ops.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -76,6 +77,7 @@ struct Settings {
   int64_t max_grid_y = 65535;       // CUDA's limit; lowered to reach grid-stride loops
   bool force_64bit_indexing = false;
   uint64_t block_order_seed = 0;    // 0: blocks in index order; else a shuffled order
+  bool stage_small_images = true;   // false: small images take the large images' kernels
 };
 
 inline Settings& settings() {
@@ -90,6 +92,12 @@ inline std::atomic<int64_t>& launch_count() {
 
 // Threads of all launches (grid size times block size), for tests of how a launch splits work.
 inline std::atomic<int64_t>& launched_threads() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
+// Atomic additions of all launches, for tests of which path a kernel took.
+inline std::atomic<int64_t>& atomic_adds() {
   static std::atomic<int64_t> count{0};
   return count;
 }
@@ -211,6 +219,7 @@ template <typename T>
 inline T gpuAtomicAdd(T* address, T value) {
   static_assert(std::is_floating_point_v<T> || std::is_integral_v<T>,
                 "the emulation has atomics for built-in arithmetic types only");
+  stn_ext::emulation::atomic_adds().fetch_add(1, std::memory_order_relaxed);
   return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_relaxed);
 }
 

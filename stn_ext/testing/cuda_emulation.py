@@ -125,17 +125,24 @@ def launched_threads() -> int:
     return _ops().launched_threads()
 
 
+def atomic_adds() -> int:
+    """Atomic additions (gpuAtomicAdd) of all kernel launches since the library was loaded."""
+    return _ops().atomic_adds()
+
+
 @contextlib.contextmanager
 def device_limits(*, max_grid_y: int = CUDA_MAX_GRID_Y, force_64bit_indexing: bool = False,
-                  block_order_seed: int = 0):
+                  block_order_seed: int = 0, stage_small_images: bool = True):
     """Within the block, the emulated device has these limits: a lower grid-y limit (so that
     small batches take the kernels' grid-stride loops), 64-bit indexing where 32 bits would do,
-    and blocks run in a shuffled order (seed > 0) instead of index order."""
-    _ops().set_device_limits(max_grid_y, force_64bit_indexing, block_order_seed)
+    blocks run in a shuffled order (seed > 0) instead of index order, and (stage_small_images
+    False) small images sent to the kernels of large ones."""
+    _ops().set_device_limits(max_grid_y, force_64bit_indexing, block_order_seed,
+                             stage_small_images)
     try:
         yield
     finally:
-        _ops().set_device_limits(CUDA_MAX_GRID_Y, False, 0)
+        _ops().set_device_limits(CUDA_MAX_GRID_Y, False, 0, True)
 
 
 if __name__ == "__main__":
