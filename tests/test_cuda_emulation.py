@@ -40,8 +40,9 @@ INPUT_SHAPES = {"staged": (5, 3, 6, 9), "global": (5, 3, 64, 64)}
 @pytest.mark.parametrize("limits", LIMITS.values(), ids=LIMITS.keys())
 @pytest.mark.parametrize("shape", INPUT_SHAPES.values(), ids=INPUT_SHAPES.keys())
 def test_launch_geometry(shape, limits, config, deterministic):
-    """Batch 5 and 17 x 33 output pixels (3 blocks of 256 per image where an image takes
-    several): output and both gradients equal the reference whatever the grid and index width."""
+    """Batch 5 and 17 x 33 output pixels (3 x 2 tiles of 32 x 8 per image where an image takes
+    several blocks): output and both gradients equal the reference whatever the grid and index
+    width."""
     max_grid_y, force_64bit_indexing, block_order_seed = limits
     size = (17, 33)
     seed = seed_of("geometry", config)
@@ -195,8 +196,8 @@ CHANNEL_LAYOUTS = {  # (channels, channels_last)
 def test_lanes_across_channels(layout, dtype, deterministic):
     """Where every pixel's channels are whole 16-byte vectors (channels_last), each output pixel
     gets C / vector threads, one vector of channels each, in the forward kernel and the backward
-    kernel that is not staged (an image over 32 KB); elsewhere a thread per pixel. Output and
-    gradients equal the reference either way."""
+    kernel that is not staged (an image over 32 KB); elsewhere a thread per pixel, in 2-D tiles.
+    Output and gradients equal the reference either way."""
     channels, channels_last = layout
     shape, size = (3, channels, 32, 32), (17, 33)
     groups = channels // CHANNEL_VECTOR[dtype] if channels_last and channels == 16 else 1
@@ -211,21 +212,23 @@ def test_lanes_across_channels(layout, dtype, deterministic):
     def threads(items):  # one block column per image
         return -(-items // 256) * 256 * shape[0]
 
+    # A thread per pixel takes it in 32 x 8 tiles of the output (PixelTiles).
+    forward = (threads(size[0] * size[1] * groups) if groups > 1 else
+               threads(-(-size[0] // 8) * -(-size[1] // 32) * 256))
     mode = deterministic_mode() if deterministic else torch.autograd.set_grad_enabled(True)
     with mode:
         before = cuda_emulation.launched_threads()
         out = cuda_emulation.forward_op()(x, theta, *size, *CONFIGS[0].values())
-        assert cuda_emulation.launched_threads() - before == threads(size[0] * size[1] * groups)
+        assert cuda_emulation.launched_threads() - before == forward
         before = cuda_emulation.launched_threads()
         _, gx, gth = grads(lambda a, t: cuda_emulation.affine_grid_sample(a, t, size,
                                                                           **CONFIGS[0]),
                            x, theta, grad_output)
-        backward = threads(size[0] * size[1] * groups)
+        backward = forward  # (the same split of the output)
         if deterministic:  # and the gather, a thread per input pixel
             backward += threads(shape[2] * shape[3])
         # (the forward that grads() runs first, then the backward)
-        assert (cuda_emulation.launched_threads() - before
-                == threads(size[0] * size[1] * groups) + backward)
+        assert cuda_emulation.launched_threads() - before == forward + backward
     ref, rgx, rgth = grads(lambda a, t: reference(a, t, size, **CONFIGS[0]), x, theta,
                            grad_output)
     assert_close(out, ref, dtype, "output")

@@ -113,19 +113,49 @@ __device__ inline SourcePoint<T> source_point_of(const Affine<T>& a, int64_t h, 
   return source_point(a, *base_x, *base_y, in_h, in_w, cfg);
 }
 
-// One thread per (output pixel, group of kVec channels) (ChannelSplit).
+// The output point and channels of a thread of forward_kernel or backward_kernel: with one
+// thread per pixel (kVec 1), a pixel of the output's PixelTiles and all channels; with lanes
+// across channels, the (point, group of kVec channels) of ChannelSplit, whose lanes already read
+// whole 16-byte vectors of one pixel. False for a thread past the output (its h, w and work are
+// then those of a point inside, for kernels whose every thread must go on to a block sum).
+template <int kVec, typename index_t>
+__device__ inline bool thread_work(const Geometry<index_t>& out, index_t channels, index_t* h,
+                                   index_t* w, ChannelWork<index_t>* work) {
+  if constexpr (kVec == 1) {
+    PixelTiles(out.w).pixel(h, w);
+    const bool inside = *h < out.h && *w < out.w;
+    if (!inside) *h = *w = 0;
+    *work = {static_cast<int64_t>(*h) * out.w + *w, 0, channels};
+    return inside;
+  } else {
+    const ChannelSplit<kVec> split(channels);
+    const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const bool inside = item < split.items(static_cast<int64_t>(out.h) * out.w);
+    *work = split.work(inside ? item : 0, channels);
+    *h = static_cast<index_t>(work->point / out.w);
+    *w = static_cast<index_t>(work->point % out.w);
+    return inside;
+  }
+}
+
+// The launch grid of forward_kernel and backward_kernel (as thread_work splits the work).
+template <int kVec>
+dim3 grid_for_work(int64_t channels, int64_t out_h, int64_t out_w, int64_t batch) {
+  if constexpr (kVec == 1) return grid_for_tiles(out_h, out_w, batch);
+  return grid_for_channels<kVec>(channels, out_h * out_w, batch);
+}
+
+// One thread per output pixel (in tiles) or per (output pixel, group of kVec channels):
+// thread_work.
 template <typename scalar_t, typename index_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ input, Geometry<index_t> in,
                    const scalar_t* __restrict__ theta, ThetaStrides ts,
                    scalar_t* __restrict__ output, Geometry<index_t> out, SampleConfig cfg) {
   using T = at::opmath_type<scalar_t>;
-  const ChannelSplit<kVec> split(in.c);
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (item >= split.items(static_cast<int64_t>(out.h) * out.w)) return;
-  const ChannelWork<index_t> work = split.work(item, in.c);
-  const index_t h = static_cast<index_t>(work.point / out.w);
-  const index_t w = static_cast<index_t>(work.point % out.w);
+  index_t h, w;
+  ChannelWork<index_t> work;
+  if (!thread_work<kVec>(out, in.c, &h, &w, &work)) return;
   for (int64_t n = blockIdx.y; n < out.n; n += gridDim.y) {
     const Affine<T> a = Affine<T>::load(theta + n * ts.n, ts.row, ts.col);
     T base_x, base_y;
@@ -258,13 +288,11 @@ __global__ void __launch_bounds__(kThreads)
                     ThetaPartials<at::opmath_type<scalar_t>> partials,
                     const bool* __restrict__ gathered, SampleConfig cfg) {
   using T = at::opmath_type<scalar_t>;
-  const ChannelSplit<kVec> split(in.c);
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  index_t h, w;
+  ChannelWork<index_t> work;
+  const bool active = thread_work<kVec>(gout, in.c, &h, &w, &work);
   const int64_t pixels = static_cast<int64_t>(gout.h) * gout.w;
-  const bool active = item < split.items(pixels);
-  const ChannelWork<index_t> work = split.work(active ? item : 0, in.c);
   const int64_t pixel = work.point;
-  const index_t h = static_cast<index_t>(pixel / gout.w), w = static_cast<index_t>(pixel % gout.w);
   const bool want_theta = partials.data != nullptr && cfg.mode == Interpolation::Bilinear;
 
   for (int64_t n = blockIdx.y; n < gout.n; n += gridDim.y) {
@@ -391,7 +419,7 @@ bool staged_backward_fits(const at::Tensor& grad_output, const at::Tensor& input
 // pixel (each point's taps come from taps_of, as in every other kernel, so weights match bit
 // for bit), then writes the pixel's channels once: no fill, no atomics, and deterministic. Each
 // output point's theta gradient is taken by one of its taps' pixels (gather_owner), in the same
-// pass. A block is a 32 x 8 tile of input pixels: under any rotation its candidates are a
+// pass. A block is a tile of input pixels (PixelTiles): under any rotation its candidates are a
 // compact patch of the output, read from L1 by its neighbours.
 // An image whose map is singular, not finite, or so anisotropic that a pixel has over
 // kMaxGatherCandidates candidates is left to backward_kernel (atomics into grad_input, which
@@ -404,10 +432,9 @@ bool staged_backward_fits(const at::Tensor& grad_output, const at::Tensor& input
 // instructions, ~100-180 us at the H200's ~33 T lane instructions/s against ~80 us for the
 // bytes at ~3.8 TB/s: the candidates' math, not memory, bounds this kernel. Launches: the
 // gather, the fallback (its threads return after one flag load when every image was gathered)
-// and the partials' sum, against fill, scatter and sum. Registers (sm_90, float): 122-124
-// bilinear (2 blocks of 256 an SM), 78-80 nearest; no stack (the plan's double divisions are
-// one thread's, outside the candidate loop).
-constexpr int kGatherTileW = 32, kGatherTileH = kThreads / kGatherTileW;
+// and the partials' sum, against fill, scatter and sum. Registers (sm_90, float): 124 bilinear
+// (2 blocks of 256 an SM), 80 nearest; no stack (the plan's double divisions are one thread's,
+// outside the candidate loop).
 constexpr double kMaxGatherCandidates = 1024;
 constexpr int64_t kMaxGatherChannels = 4;  // a thread keeps its pixel's channels in registers
 
@@ -506,7 +533,7 @@ __device__ inline int64_t gather_owner(const Bilinear<T>& b, const Geometry<inde
   return y * in.w + x;
 }
 
-// One thread per input pixel (blocks of 32 x 8 pixel tiles), all channels (at most
+// One thread per input pixel (in PixelTiles), all channels (at most
 // kMaxGatherChannels): grad_input of the pixel, and the theta gradients of the points it owns
 // (block partials). Writes grad_input in full, zeros for an image that is not gatherable (then
 // left to backward_kernel, `gathered[n]` false).
@@ -520,12 +547,8 @@ __global__ void __launch_bounds__(kThreads)
                            bool* __restrict__ gathered, bool align_corners) {
   using T = at::opmath_type<scalar_t>;
   const SampleConfig cfg{kMode, Padding::Zeros, align_corners};
-  // (32-bit: the grid has fewer than 2^31 blocks, so fewer tiles in a row)
-  const uint32_t tiles_x = static_cast<uint32_t>((in.w + kGatherTileW - 1) / kGatherTileW);
-  const index_t x = static_cast<index_t>(blockIdx.x % tiles_x * kGatherTileW +
-                                         threadIdx.x % kGatherTileW);
-  const index_t y = static_cast<index_t>(blockIdx.x / tiles_x * kGatherTileH +
-                                         threadIdx.x / kGatherTileW);
+  index_t x, y;
+  PixelTiles(in.w).pixel(&y, &x);
   const bool active = x < in.w && y < in.h;
   const int64_t pixel = static_cast<int64_t>(y) * in.w + x;
   const bool want_theta = partials.data != nullptr && kMode == Interpolation::Bilinear;
@@ -598,18 +621,15 @@ __global__ void __launch_bounds__(kThreads)
 
 // Whether backward_gather_kernel takes a call (by shape and settings only): grad_input wanted and
 // not deterministic (an image left to the atomic fallback would not be), zeros padding, float or
-// double (the fallback's atomics go into grad_input itself), at most kMaxGatherChannels channels.
-bool gather_backward_fits(const at::Tensor& input, const SampleConfig& cfg, bool want_input,
-                          bool deterministic) {
+// double (the fallback's atomics go into grad_input itself), at most kMaxGatherChannels channels,
+// 32-bit offsets (grad_input has input's layout; a tensor of over 2^31 elements is left to the
+// scattering kernel, so the gather is built for 32-bit indices alone).
+bool gather_backward_fits(const at::Tensor& grad_output, const at::Tensor& input,
+                          const SampleConfig& cfg, bool want_input, bool deterministic) {
   const at::ScalarType dtype = input.scalar_type();
   return want_input && !deterministic && cfg.padding == Padding::Zeros &&
-         (dtype == at::kFloat || dtype == at::kDouble) && input.size(1) <= kMaxGatherChannels;
-}
-
-dim3 gather_grid_for(const at::Tensor& input) {
-  const int64_t tiles = (input.size(3) + kGatherTileW - 1) / kGatherTileW *
-                        ((input.size(2) + kGatherTileH - 1) / kGatherTileH);
-  return grid_for(tiles * kThreads, input.size(0));
+         (dtype == at::kFloat || dtype == at::kDouble) && input.size(1) <= kMaxGatherChannels &&
+         fits_int32({grad_output, input});
 }
 
 ThetaStrides strides_of_theta(const at::Tensor& theta) {
@@ -626,47 +646,44 @@ std::tuple<at::Tensor, at::Tensor> backward_by_gather(const at::Tensor& grad_out
   const int64_t batch = input.size(0);
   at::Tensor grad_input = at::empty_like(input, output_memory_format(input));
   at::Tensor gathered = at::empty({batch}, input.options().dtype(at::kBool));
-  const dim3 gather_grid = gather_grid_for(input);
+  const dim3 gather_grid = grid_for_tiles(input.size(2), input.size(3), batch);
   const dim3 fallback_grid =
-      grid_for_channels<1>(input.size(1), grad_output.size(2) * grad_output.size(3), batch);
+      grid_for_work<1>(input.size(1), grad_output.size(2), grad_output.size(3), batch);
   const int64_t blocks_per_image = int64_t{gather_grid.x} + fallback_grid.x;
   at::Tensor partials = want_theta ? at::empty({batch, blocks_per_image, 6}, input.options())
                                    : at::Tensor();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
-    auto launch = [&](auto index_zero) {
-      using index_t = decltype(index_zero);
-      scalar_t* partials_data = want_theta ? partials.mutable_data_ptr<scalar_t>() : nullptr;
-      auto launch_gather = [&](auto gather_kernel) {
-        launch_kernel(gather_kernel, gather_grid, kThreads, stream,
-                      grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
-                      input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
-                      theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
-                      grad_input.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(grad_input),
-                      ThetaPartials<scalar_t>{partials_data, blocks_per_image, 0},
-                      gathered.mutable_data_ptr<bool>(), cfg.align_corners);
-      };
-      switch (cfg.mode) {
-        case Interpolation::Bilinear:
-          launch_gather(backward_gather_kernel<Interpolation::Bilinear, scalar_t, index_t>);
-          break;
-        case Interpolation::Nearest:
-          launch_gather(backward_gather_kernel<Interpolation::Nearest, scalar_t, index_t>);
-          break;
-        case Interpolation::Bicubic:  // parse_config refuses it before any launch
-          TORCH_INTERNAL_ASSERT(false, "affine_grid_sample has no bicubic CUDA kernel");
-      }
-      launch_kernel(backward_kernel<scalar_t, index_t, 1>, fallback_grid, kThreads, stream,
+    using index_t = int32_t;  // (gather_backward_fits)
+    scalar_t* partials_data = want_theta ? partials.mutable_data_ptr<scalar_t>() : nullptr;
+    auto launch_gather = [&](auto gather_kernel) {
+      launch_kernel(gather_kernel, gather_grid, kThreads, stream,
                     grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
                     input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
                     theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
-                    InputGradSink<scalar_t>{grad_input.mutable_data_ptr<scalar_t>(), nullptr,
-                                            nullptr},
-                    geometry_of<index_t>(grad_input),
-                    ThetaPartials<scalar_t>{partials_data, blocks_per_image, gather_grid.x},
-                    gathered.const_data_ptr<bool>(), cfg);
+                    grad_input.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(grad_input),
+                    ThetaPartials<scalar_t>{partials_data, blocks_per_image, 0},
+                    gathered.mutable_data_ptr<bool>(), cfg.align_corners);
     };
-    if (fits_int32({grad_output, input, grad_input})) launch(int32_t{0}); else launch(int64_t{0});
+    switch (cfg.mode) {
+      case Interpolation::Bilinear:
+        launch_gather(backward_gather_kernel<Interpolation::Bilinear, scalar_t, index_t>);
+        break;
+      case Interpolation::Nearest:
+        launch_gather(backward_gather_kernel<Interpolation::Nearest, scalar_t, index_t>);
+        break;
+      case Interpolation::Bicubic:  // parse_config refuses it before any launch
+        TORCH_INTERNAL_ASSERT(false, "affine_grid_sample has no bicubic CUDA kernel");
+    }
+    launch_kernel(backward_kernel<scalar_t, index_t, 1>, fallback_grid, kThreads, stream,
+                  grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
+                  input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
+                  theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
+                  InputGradSink<scalar_t>{grad_input.mutable_data_ptr<scalar_t>(), nullptr,
+                                          nullptr},
+                  geometry_of<index_t>(grad_input),
+                  ThetaPartials<scalar_t>{partials_data, blocks_per_image, gather_grid.x},
+                  gathered.const_data_ptr<bool>(), cfg);
   });
   at::Tensor grad_theta = want_theta
       ? partials.sum(1).view({batch, 2, 3})  // (of theta's dtype already)
@@ -690,7 +707,7 @@ at::Tensor affine_grid_sample_cuda(const at::Tensor& input, const at::Tensor& th
           using index_t = decltype(index_zero);
           constexpr int kVec = decltype(vec)::value;
           launch_kernel(forward_kernel<scalar_t, index_t, kVec>,
-                        grid_for_channels<kVec>(input.size(1), out_h * out_w, input.size(0)),
+                        grid_for_work<kVec>(input.size(1), out_h, out_w, input.size(0)),
                         kThreads, stream, input.const_data_ptr<scalar_t>(),
                         geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
                         strides_of_theta(theta), output.mutable_data_ptr<scalar_t>(),
@@ -749,7 +766,7 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
     return {grad_input, grad_theta};
   }
 
-  if (gather_backward_fits(input, cfg, output_mask[0], deterministic)) {
+  if (gather_backward_fits(grad_output, input, cfg, output_mask[0], deterministic)) {
     return backward_by_gather(grad_output, input, theta, cfg, output_mask[1]);
   }
 
@@ -770,7 +787,8 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
         auto launch = [&](auto index_zero, auto vec) {
           using index_t = decltype(index_zero);
           constexpr int kVec = decltype(vec)::value;
-          const dim3 grid = grid_for_channels<kVec>(input.size(1), pixels, batch);
+          const dim3 grid = grid_for_work<kVec>(input.size(1), grad_output.size(2),
+                                                grad_output.size(3), batch);
           if (output_mask[1]) {
             partials = at::empty({batch, static_cast<int64_t>(grid.x), 6},
                                  input.options().dtype(opmath));

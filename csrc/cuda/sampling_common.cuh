@@ -45,6 +45,43 @@ inline dim3 grid_for(int64_t points, int64_t batch) {
               static_cast<unsigned>(std::min(batch, max_grid_dim_y())));
 }
 
+// A block of kThreads threads, one pixel each, as a 2-D tile of an image: kTileW x kTileH
+// pixels, each warp an 8 x 4 patch of it. Under a rotation the taps of a warp's pixels then fall
+// in few rows of the other image, and a block's in a compact patch that stays in L1. Arithmetic,
+// 45 degrees at scale 1: a row of 32 pixels reads along a diagonal spanning 23 input rows (with
+// the bilinear taps' second row, 24 cache lines a warp access); an 8 x 4 patch spans
+// (8 + 4) * 0.71 = 8.5 rows of ~9 pixels (10 rows, each within one or two 32-byte sectors).
+struct PixelTiles {
+  static constexpr int kTileW = 32, kTileH = kThreads / kTileW;
+  static constexpr int kWarpTileW = 8, kWarpTileH = 32 / kWarpTileW;
+  static constexpr int kWarpsAcross = kTileW / kWarpTileW;
+  static_assert(kTileH == (kWarps / kWarpsAcross) * kWarpTileH, "warp patches fill the tile");
+
+  uint32_t across;  // tiles in a row of the image (fewer than the grid's 2^31 blocks)
+
+  __host__ __device__ explicit PixelTiles(int64_t width)
+      : across(static_cast<uint32_t>((width + kTileW - 1) / kTileW)) {}
+
+  static int64_t count(int64_t height, int64_t width) {
+    return (width + kTileW - 1) / kTileW * ((height + kTileH - 1) / kTileH);
+  }
+
+  // This thread's pixel (may lie past the image's edge: the caller checks).
+  template <typename index_t>
+  __device__ void pixel(index_t* y, index_t* x) const {
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    *x = static_cast<index_t>(blockIdx.x % across) * kTileW +
+         static_cast<index_t>(warp % kWarpsAcross * kWarpTileW + lane % kWarpTileW);
+    *y = static_cast<index_t>(blockIdx.x / across) * kTileH +
+         static_cast<index_t>(warp / kWarpsAcross * kWarpTileH + lane / kWarpTileW);
+  }
+};
+
+// grid_for a launch of one thread per pixel of (height, width) images, in PixelTiles.
+inline dim3 grid_for_tiles(int64_t height, int64_t width, int64_t batch) {
+  return grid_for(PixelTiles::count(height, width) * kThreads, batch);
+}
+
 template <typename T>
 __device__ inline T quiet_nan() {
   return std::numeric_limits<T>::quiet_NaN();
