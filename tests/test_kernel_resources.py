@@ -16,10 +16,8 @@ import kernel_resources  # noqa: E402
 
 # Kernels (by label, kernel_resources.kernel_label) with a stack frame today, and why.
 KNOWN_STACK_USE = {
-    r"forward_kernel<(BFloat16|Half), ": "fused forward, half/bfloat16: spills (ptxas keeps "
-                                        "it at 32-40 registers)",
-    r"backward_staged_kernel<\w+, long>": "staged backward, 64-bit indices: 16 bytes of spills "
-                                          "at 64 registers",
+    r"backward_staged_kernel<\(Interpolation\)\d, \w+, long>":
+        "staged backward, 64-bit indices: 16 bytes of spills at 64 registers",
     r"gather_input_grad_kernel<\w+, 2>": "2-D record gather (16 bytes)",
     r"sample_(forward|backward)_kernel<\w+, 3, LinearPolicy": "trilinear: 8 taps' arrays",
     r"sample_backward_kernel<\w+, 2, NearestPolicy, AffineMapSource": "theta reduction (8 bytes)",
@@ -89,13 +87,15 @@ def test_lanes_across_channels_use_16_byte_accesses():
     in the fused op and in the general ops, for every mode, rank and coordinate source; the
     kernels of a thread per pixel do neither."""
     sass = kernel_resources.read_sass(kernel_resources.extension_path(), _cuobjdump())
+    # (the fused op's kernels take the mode first, as "(Interpolation)0")
+    kernel_args = r"_kernel<(?:\(Interpolation\)\d, )?(\w+), .*\b(\d+)>$"
     vector_kernels = [label for label in sass
-                      if re.search(r"_kernel<(\w+), .*\b(\d+)>$", label)
+                      if re.search(kernel_args, label)
                       and label.startswith(("forward_kernel<", "backward_kernel<",
                                             "sample_forward_kernel<", "sample_backward_kernel<"))]
     checked = 0
     for label in vector_kernels:
-        dtype, vec = re.search(r"_kernel<(\w+), .*\b(\d+)>$", label).groups()
+        dtype, vec = re.search(kernel_args, label).groups()
         code = sass[label]
         if int(vec) == 1:
             assert not re.search(r"[LS]TG\.E\.128", code), label
@@ -105,6 +105,7 @@ def test_lanes_across_channels_use_16_byte_accesses():
         if "forward" in label:
             assert re.search(r"STG\.E\.128", code), label
         checked += 1
-    # fused: 4 dtypes x 2 index types x forward/backward; general: 4 dtypes x 2 sources x
-    # (nearest, bilinear, bicubic in 2-D; nearest, trilinear in 3-D) x forward/backward
-    assert checked == 16 + 80
+    # fused: 4 dtypes x 2 index types x 2 modes x forward/backward; general: 4 dtypes x 2
+    # sources x (nearest, bilinear, bicubic in 2-D; nearest, trilinear in 3-D) x
+    # forward/backward
+    assert checked == 32 + 80

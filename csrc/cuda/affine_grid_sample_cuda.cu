@@ -113,6 +113,21 @@ __device__ inline SourcePoint<T> source_point_of(const Affine<T>& a, int64_t h, 
   return source_point(a, *base_x, *base_y, in_h, in_w, cfg);
 }
 
+// Calls f(std::integral_constant<Interpolation, mode>{}): the fused op's kernels take the mode
+// as a template parameter, so that each is built with one mode's taps and weights and no branch
+// on the mode (the padding stays a run-time value: its branches are per axis and cheap).
+template <typename F>
+void with_mode(Interpolation mode, F&& f) {
+  switch (mode) {
+    case Interpolation::Bilinear:
+      return f(std::integral_constant<Interpolation, Interpolation::Bilinear>{});
+    case Interpolation::Nearest:
+      return f(std::integral_constant<Interpolation, Interpolation::Nearest>{});
+    case Interpolation::Bicubic:  // parse_config refuses it before any launch
+      TORCH_INTERNAL_ASSERT(false, "affine_grid_sample has no bicubic CUDA kernel");
+  }
+}
+
 // The output point and channels of a thread of forward_kernel or backward_kernel: with one
 // thread per pixel (kVec 1), a pixel of the output's PixelTiles and all channels; with lanes
 // across channels, the (point, group of kVec channels) of ChannelSplit, whose lanes already read
@@ -147,12 +162,14 @@ dim3 grid_for_work(int64_t channels, int64_t out_h, int64_t out_w, int64_t batch
 
 // One thread per output pixel (in tiles) or per (output pixel, group of kVec channels):
 // thread_work.
-template <typename scalar_t, typename index_t, int kVec>
+template <Interpolation kMode, typename scalar_t, typename index_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ input, Geometry<index_t> in,
                    const scalar_t* __restrict__ theta, ThetaStrides ts,
-                   scalar_t* __restrict__ output, Geometry<index_t> out, SampleConfig cfg) {
+                   scalar_t* __restrict__ output, Geometry<index_t> out, Padding padding,
+                   bool align_corners) {
   using T = at::opmath_type<scalar_t>;
+  const SampleConfig cfg{kMode, padding, align_corners};
   index_t h, w;
   ChannelWork<index_t> work;
   if (!thread_work<kVec>(out, in.c, &h, &w, &work)) return;
@@ -279,15 +296,16 @@ struct ThetaPartials {
 // the opmath type (atomics on a float buffer are both faster and more accurate than on half);
 // the host casts it back. Images whose `gathered` flag is set (nullptr: none) were done by
 // backward_gather_kernel: their threads add nothing.
-template <typename scalar_t, typename index_t, int kVec>
+template <Interpolation kMode, typename scalar_t, typename index_t, int kVec>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
                     const scalar_t* __restrict__ input, Geometry<index_t> in,
                     const scalar_t* __restrict__ theta, ThetaStrides ts,
                     InputGradSink<at::opmath_type<scalar_t>> sink, Geometry<index_t> gin,
                     ThetaPartials<at::opmath_type<scalar_t>> partials,
-                    const bool* __restrict__ gathered, SampleConfig cfg) {
+                    const bool* __restrict__ gathered, Padding padding, bool align_corners) {
   using T = at::opmath_type<scalar_t>;
+  const SampleConfig cfg{kMode, padding, align_corners};
   index_t h, w;
   ChannelWork<index_t> work;
   const bool active = thread_work<kVec>(gout, in.c, &h, &w, &work);
@@ -346,14 +364,16 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int64_t kStagedBytes = 32 * 1024;
 constexpr int64_t kStagedPointsPerThread = 8;
 
-template <typename scalar_t, typename index_t>
+template <Interpolation kMode, typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     backward_staged_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
                            const scalar_t* __restrict__ input, Geometry<index_t> in,
                            const scalar_t* __restrict__ theta, ThetaStrides ts,
                            scalar_t* __restrict__ grad_input, Geometry<index_t> gin,
-                           scalar_t* __restrict__ grad_theta, SampleConfig cfg) {
+                           scalar_t* __restrict__ grad_theta, Padding padding,
+                           bool align_corners) {
   using T = at::opmath_type<scalar_t>;
+  const SampleConfig cfg{kMode, padding, align_corners};
   __shared__ T staged[kStagedBytes / sizeof(T)];  // (C, H, W) of one image, dense
   const index_t plane = in.h * in.w;
   const index_t staged_size = in.c * plane;
@@ -656,34 +676,27 @@ std::tuple<at::Tensor, at::Tensor> backward_by_gather(const at::Tensor& grad_out
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
     using index_t = int32_t;  // (gather_backward_fits)
     scalar_t* partials_data = want_theta ? partials.mutable_data_ptr<scalar_t>() : nullptr;
-    auto launch_gather = [&](auto gather_kernel) {
-      launch_kernel(gather_kernel, gather_grid, kThreads, stream,
-                    grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
-                    input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
-                    theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
-                    grad_input.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(grad_input),
+    with_mode(cfg.mode, [&](auto mode) {
+      constexpr Interpolation kMode = decltype(mode)::value;
+      launch_kernel(backward_gather_kernel<kMode, scalar_t, index_t>, gather_grid, kThreads,
+                    stream, grad_output.const_data_ptr<scalar_t>(),
+                    geometry_of<index_t>(grad_output), input.const_data_ptr<scalar_t>(),
+                    geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
+                    strides_of_theta(theta), grad_input.mutable_data_ptr<scalar_t>(),
+                    geometry_of<index_t>(grad_input),
                     ThetaPartials<scalar_t>{partials_data, blocks_per_image, 0},
                     gathered.mutable_data_ptr<bool>(), cfg.align_corners);
-    };
-    switch (cfg.mode) {
-      case Interpolation::Bilinear:
-        launch_gather(backward_gather_kernel<Interpolation::Bilinear, scalar_t, index_t>);
-        break;
-      case Interpolation::Nearest:
-        launch_gather(backward_gather_kernel<Interpolation::Nearest, scalar_t, index_t>);
-        break;
-      case Interpolation::Bicubic:  // parse_config refuses it before any launch
-        TORCH_INTERNAL_ASSERT(false, "affine_grid_sample has no bicubic CUDA kernel");
-    }
-    launch_kernel(backward_kernel<scalar_t, index_t, 1>, fallback_grid, kThreads, stream,
-                  grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
-                  input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
-                  theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
-                  InputGradSink<scalar_t>{grad_input.mutable_data_ptr<scalar_t>(), nullptr,
-                                          nullptr},
-                  geometry_of<index_t>(grad_input),
-                  ThetaPartials<scalar_t>{partials_data, blocks_per_image, gather_grid.x},
-                  gathered.const_data_ptr<bool>(), cfg);
+      launch_kernel(backward_kernel<kMode, scalar_t, index_t, 1>, fallback_grid, kThreads,
+                    stream, grad_output.const_data_ptr<scalar_t>(),
+                    geometry_of<index_t>(grad_output), input.const_data_ptr<scalar_t>(),
+                    geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
+                    strides_of_theta(theta),
+                    InputGradSink<scalar_t>{grad_input.mutable_data_ptr<scalar_t>(), nullptr,
+                                            nullptr},
+                    geometry_of<index_t>(grad_input),
+                    ThetaPartials<scalar_t>{partials_data, blocks_per_image, gather_grid.x},
+                    gathered.const_data_ptr<bool>(), cfg.padding, cfg.align_corners);
+    });
   });
   at::Tensor grad_theta = want_theta
       ? partials.sum(1).view({batch, 2, 3})  // (of theta's dtype already)
@@ -706,12 +719,14 @@ at::Tensor affine_grid_sample_cuda(const at::Tensor& input, const at::Tensor& th
         auto launch = [&](auto index_zero, auto vec) {
           using index_t = decltype(index_zero);
           constexpr int kVec = decltype(vec)::value;
-          launch_kernel(forward_kernel<scalar_t, index_t, kVec>,
-                        grid_for_work<kVec>(input.size(1), out_h, out_w, input.size(0)),
-                        kThreads, stream, input.const_data_ptr<scalar_t>(),
-                        geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
-                        strides_of_theta(theta), output.mutable_data_ptr<scalar_t>(),
-                        geometry_of<index_t>(output), cfg);
+          with_mode(cfg.mode, [&](auto mode) {
+            launch_kernel(forward_kernel<decltype(mode)::value, scalar_t, index_t, kVec>,
+                          grid_for_work<kVec>(input.size(1), out_h, out_w, input.size(0)),
+                          kThreads, stream, input.const_data_ptr<scalar_t>(),
+                          geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
+                          strides_of_theta(theta), output.mutable_data_ptr<scalar_t>(),
+                          geometry_of<index_t>(output), cfg.padding, cfg.align_corners);
+          });
         };
         const int vector_width = channel_vector_width<scalar_t>({input, output});
         with_channel_vector<scalar_t>(vector_width, [&](auto vec) {
@@ -750,15 +765,17 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
         at::kHalf, at::kBFloat16, input.scalar_type(), "affine_grid_sample_backward_cuda", [&] {
           auto launch = [&](auto index_zero) {
             using index_t = decltype(index_zero);
-            launch_kernel(backward_staged_kernel<scalar_t, index_t>, grid, kThreads,
-                          c10::cuda::getCurrentCUDAStream(),
-                          grad_output.const_data_ptr<scalar_t>(),
-                          geometry_of<index_t>(grad_output), input.const_data_ptr<scalar_t>(),
-                          geometry_of<index_t>(input), theta.const_data_ptr<scalar_t>(),
-                          strides_of_theta(theta), grad_input.mutable_data_ptr<scalar_t>(),
-                          geometry_of<index_t>(grad_input),
-                          output_mask[1] ? grad_theta.mutable_data_ptr<scalar_t>() : nullptr,
-                          cfg);
+            with_mode(cfg.mode, [&](auto mode) {
+              launch_kernel(
+                  backward_staged_kernel<decltype(mode)::value, scalar_t, index_t>, grid,
+                  kThreads, c10::cuda::getCurrentCUDAStream(),
+                  grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
+                  input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
+                  theta.const_data_ptr<scalar_t>(), strides_of_theta(theta),
+                  grad_input.mutable_data_ptr<scalar_t>(), geometry_of<index_t>(grad_input),
+                  output_mask[1] ? grad_theta.mutable_data_ptr<scalar_t>() : nullptr,
+                  cfg.padding, cfg.align_corners);
+            });
           };
           if (fits_int32({grad_output, input, grad_input})) launch(int32_t{0});
           else launch(int64_t{0});
@@ -797,14 +814,17 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
               atomic_input_grad ? atomic_sum.mutable_data_ptr<T>() : nullptr,
               recorded_input_grad ? record_key.mutable_data_ptr<int64_t>() : nullptr,
               recorded_input_grad ? record_weight.mutable_data_ptr<T>() : nullptr};
-          launch_kernel(backward_kernel<scalar_t, index_t, kVec>, grid, kThreads, stream,
-                        grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
-                        input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
-                        theta.const_data_ptr<scalar_t>(), strides_of_theta(theta), sink,
-                        geometry_of<index_t>(atomic_input_grad ? atomic_sum : input),
-                        ThetaPartials<T>{output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr,
-                                         static_cast<int64_t>(grid.x), 0},
-                        /*gathered=*/nullptr, cfg);
+          with_mode(cfg.mode, [&](auto mode) {
+            launch_kernel(
+                backward_kernel<decltype(mode)::value, scalar_t, index_t, kVec>, grid, kThreads,
+                stream, grad_output.const_data_ptr<scalar_t>(), geometry_of<index_t>(grad_output),
+                input.const_data_ptr<scalar_t>(), geometry_of<index_t>(input),
+                theta.const_data_ptr<scalar_t>(), strides_of_theta(theta), sink,
+                geometry_of<index_t>(atomic_input_grad ? atomic_sum : input),
+                ThetaPartials<T>{output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr,
+                                 static_cast<int64_t>(grid.x), 0},
+                /*gathered=*/nullptr, cfg.padding, cfg.align_corners);
+          });
         };
         // (grad_input's atomics go to atomic_sum, of input's layout: per channel, so they need
         // no vector of their own.)
