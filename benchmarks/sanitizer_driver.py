@@ -2,10 +2,12 @@
 forward kernel, the backward kernel with atomics and the deterministic backward (tap records,
 sort, gather), for each mode and padding, in float32 and float16, on shapes with several blocks
 per image and a partial last block; for the fused op (a small input, which takes the backward
-that stages grad_input in shared memory, and a larger one) and for the general ops (dense 2-D
-and 3-D grids, 3-D affine maps, bicubic, fill values); and channels_last inputs whose pixels'
-channels are whole 16-byte vectors (float32 and bfloat16, 16 channels), which take the kernels
-with lanes across channels (16-byte accesses, warp shuffles in the general backward).
+that stages grad_input in shared memory, a larger one, and a larger one of 3 channels with zeros
+padding, whose grad_input is gathered per input pixel, one image left to the scattering fallback)
+and for the general ops (dense 2-D and 3-D grids, 3-D affine maps, bicubic, fill values); and
+channels_last inputs whose pixels' channels are whole 16-byte vectors (float32 and bfloat16, 16
+channels), which take the kernels with lanes across channels (16-byte accesses, warp shuffles in
+the general backward).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_driver.py
 """
@@ -39,6 +41,14 @@ def main() -> None:
         out = stn_ext.affine_grid_sample(x.requires_grad_(), theta.requires_grad_(), (17, 29),
                                          mode=mode, padding_mode=padding_mode,
                                          align_corners=align_corners, backend="cuda")
+        out.backward(torch.randn_like(out))
+    for mode, align_corners in itertools.product(("bilinear", "nearest"), (False, True)):
+        x = torch.randn(3, 3, 64, 64, device="cuda", generator=generator)
+        theta = (torch.eye(2, 3, device="cuda")
+                 + 0.3 * torch.randn(3, 2, 3, device="cuda", generator=generator))
+        theta[2] = 0.0  # singular: that image takes the scattering fallback
+        out = stn_ext.affine_grid_sample(x.requires_grad_(), theta.requires_grad_(), (61, 67),
+                                         mode=mode, align_corners=align_corners, backend="cuda")
         out.backward(torch.randn_like(out))
     for (mode, dims, fill), padding_mode, deterministic in itertools.product(
             (("bilinear", 2, None), ("nearest", 2, None), ("bicubic", 2, [0.5, -1.0, 2.0]),
