@@ -3,11 +3,11 @@ forward kernel, the backward kernel with atomics and the deterministic backward 
 sort, gather), for each mode and padding, in float32 and float16, on shapes with several blocks
 per image and a partial last block; for the fused op (a small input, which takes the backward
 that stages grad_input in shared memory, a larger one, and a larger one of 3 channels with zeros
-padding, whose grad_input is gathered per input pixel, one image left to the scattering fallback)
-and for the general ops (dense 2-D and 3-D grids, 3-D affine maps, bicubic, fill values); and
-channels_last inputs whose pixels' channels are whole 16-byte vectors (float32 and bfloat16, 16
-channels), which take the kernels with lanes across channels (16-byte accesses, warp shuffles in
-the general backward).
+padding, whose grad_input is gathered per input pixel, with and without an image left to the
+fallback) and for the general ops (dense 2-D and 3-D grids, 3-D affine maps, bicubic, fill
+values); and channels_last inputs whose pixels' channels are whole 16-byte vectors (float32 and
+bfloat16, 16 channels), which take the kernels with lanes across channels (16-byte accesses,
+warp shuffles in the general backward).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitizer_driver.py
 """
@@ -42,11 +42,14 @@ def main() -> None:
                                          mode=mode, padding_mode=padding_mode,
                                          align_corners=align_corners, backend="cuda")
         out.backward(torch.randn_like(out))
-    for mode, align_corners in itertools.product(("bilinear", "nearest"), (False, True)):
+    for mode, align_corners, deterministic, singular in itertools.product(
+            ("bilinear", "nearest"), (False, True), (False, True), (False, True)):
         x = torch.randn(3, 3, 64, 64, device="cuda", generator=generator)
         theta = (torch.eye(2, 3, device="cuda")
                  + 0.3 * torch.randn(3, 2, 3, device="cuda", generator=generator))
-        theta[2] = 0.0  # singular: that image takes the scattering fallback
+        if singular:  # that image takes the scattering fallback (deterministic: the records)
+            theta[2] = 0.0
+        torch.use_deterministic_algorithms(deterministic)
         out = stn_ext.affine_grid_sample(x.requires_grad_(), theta.requires_grad_(), (61, 67),
                                          mode=mode, align_corners=align_corners, backend="cuda")
         out.backward(torch.randn_like(out))

@@ -63,18 +63,20 @@ def test_launch_geometry(shape, limits, config, deterministic):
 # Kernel launches per call: the forward is one kernel; the backward one kernel for the theta
 # gradient and the atomic input gradient together (the staged kernel at this small shape), or,
 # deterministic, a kernel writing tap records plus the gather kernel (the sort between them is
-# ATen's).
+# ATen's). The fused op's deterministic backward is instead the gather of grad_input per input
+# pixel, where the map is invertible as here (test_gather_backward_deterministic has the rest).
 LAUNCHES = {
     "forward": 1,
     "backward-atomic": 1,
     "backward-theta-only": 1,
     "backward-deterministic": 2,
 }
+FUSED_LAUNCHES = {**LAUNCHES, "backward-deterministic": 1}
 
 
-def assert_launches(call: str, forward, backward) -> None:
-    """Runs forward() or backward(output_mask) as `call` (a key of LAUNCHES) says, and checks its
-    kernel launches."""
+def assert_launches(call: str, forward, backward, launches=LAUNCHES) -> None:
+    """Runs forward() or backward(output_mask) as `call` (a key of `launches`) says, and checks
+    its kernel launches."""
     mask = [call != "backward-theta-only", True]
     mode = deterministic_mode() if call == "backward-deterministic" else torch.no_grad()
     with mode:
@@ -83,10 +85,10 @@ def assert_launches(call: str, forward, backward) -> None:
             forward()
         else:
             backward(mask)
-        assert cuda_emulation.launch_count() - before == LAUNCHES[call]
+        assert cuda_emulation.launch_count() - before == launches[call]
 
 
-@pytest.mark.parametrize("call", LAUNCHES)
+@pytest.mark.parametrize("call", FUSED_LAUNCHES)
 def test_launch_count(call):
     config = CONFIGS[0]
     shape, size = (3, 2, 5, 6), (7, 4)
@@ -94,7 +96,8 @@ def test_launch_count(call):
     grad_output = torch.ones(*shape[:2], *size)
     assert_launches(
         call, lambda: cuda_emulation.forward_op()(x, theta, *size, *config.values()),
-        lambda mask: cuda_emulation.backward_op()(grad_output, x, theta, *config.values(), mask))
+        lambda mask: cuda_emulation.backward_op()(grad_output, x, theta, *config.values(), mask),
+        FUSED_LAUNCHES)
 
 
 def _aten_calls(call) -> list:
@@ -416,9 +419,9 @@ def rotation(degrees: float, scale: float = 1.0, shift=(0.0, 0.0)) -> torch.Tens
 
 
 # One theta per image of one call (the identity's points lie exactly on pixels, the others' at
-# least 5e-5 pixel from any kink, see kink_distance): the gather takes the first six, the scattering fallback the
-# rest (singular, not finite, or with over kMaxGatherCandidates candidates a pixel; "huge" only
-# in float32, whose coordinates it would take near overflow).
+# least 5e-5 pixel from any kink, see kink_distance): the gather takes the first six, the
+# scattering fallback the rest (singular, not finite, or with over kMaxGatherCandidates
+# candidates a pixel; "huge" only in float32, whose coordinates it would take near overflow).
 GATHER_THETAS = {
     "identity": torch.eye(2, 3, dtype=torch.float64),
     "rotate-30-shifted": rotation(30.0, 1.0, (0.1037, -0.2113)),
@@ -530,3 +533,36 @@ def test_gather_backward_grid_stride(want_theta):
     want = torch.autograd.grad(ref, (x, thetas) if want_theta else x, grad_output)
     for g, w, what in zip(got, want, ("grad input", "grad theta")):
         assert_close(g, w, torch.float64, what, scale=max_abs(w))
+
+
+@pytest.mark.parametrize("config", ZEROS_CONFIGS.values(), ids=ZEROS_CONFIGS.keys())
+def test_gather_backward_deterministic(config):
+    """Under use_deterministic_algorithms the gather serves when every image of the call was
+    gathered (one launch, no atomics); otherwise the host sees a false flag and the tap records
+    redo the call (their kernel and its gather: 2 launches more), as they do at once while a
+    CUDA graph is being captured. Every way equals the reference, with no atomic addition."""
+    shape, size = (len(GATHER_THETAS), 2, 23, 31), (19, 26)
+    thetas = torch.stack(list(GATHER_THETAS.values()))
+    x = random_input(shape, seed=seed_of("gather-det")).requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of("gather-det-grad"))
+    undefined = list(GATHER_THETAS).index("nan")
+    cases = {  # (images, capturing a graph): backward launches
+        (GATHERED_THETAS, False): 1, (GATHERED_THETAS, True): 2, (len(GATHER_THETAS), False): 3}
+    for (images, capturing), launches in cases.items():
+        theta = thetas[:images].clone().requires_grad_()
+        with deterministic_mode(), cuda_emulation.device_limits(stage_small_images=False,
+                                                                capturing_graph=capturing):
+            out = cuda_emulation.affine_grid_sample(x[:images], theta, size, **config)
+            launches_before, atomics_before = (cuda_emulation.launch_count(),
+                                               cuda_emulation.atomic_adds())
+            gx, gth = torch.autograd.grad(out, (x, theta), grad_output[:images])
+            assert cuda_emulation.launch_count() - launches_before == launches
+            assert cuda_emulation.atomic_adds() == atomics_before
+        ref = reference(x[:images], theta, size, **config)
+        rgx, rgth = torch.autograd.grad(ref, (x, theta), grad_output[:images])
+        if images > undefined:  # (as in test_gather_backward_thetas)
+            rgth = rgth.clone()
+            rgth[undefined] = math.nan if config["mode"] == "bilinear" else 0.0
+        torch.testing.assert_close(gx, rgx, rtol=1e-9, atol=1e-9 * max(1.0, max_abs(rgx)))
+        torch.testing.assert_close(gth, rgth, equal_nan=True, rtol=1e-9,
+                                   atol=1e-9 * max(1.0, float(rgth.nan_to_num(0).abs().max())))

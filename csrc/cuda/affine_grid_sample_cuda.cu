@@ -2,8 +2,10 @@
 // or, where channels are innermost in whole 16-byte vectors (channels_last), one per (pixel,
 // vector of channels) (sampling_common.cuh's ChannelSplit).
 // The forward pass is a pure gather. The backward pass reduces grad_theta per block into
-// fixed-order partials (deterministic), and gets grad_input one of two ways: atomics (fast, not
-// deterministic), or, under torch.use_deterministic_algorithms(True), tap records sorted by
+// fixed-order partials (deterministic), and gets grad_input one of four ways: staged in shared
+// memory for a small image (atomics there), gathered per input pixel for a large one where the
+// map allows (deterministic), atomics into global memory, or, under
+// torch.use_deterministic_algorithms(True) where the gather cannot serve, tap records sorted by
 // destination (sampling_common.cuh).
 // Kernels are launched through launch_kernel (launch.cuh), which the test-only emulation build
 // runs on the host.
@@ -13,6 +15,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <optional>
 #include <tuple>
 
 #include "../affine_grid_sample.h"
@@ -444,15 +447,19 @@ bool staged_backward_fits(const at::Tensor& grad_output, const at::Tensor& input
 // An image whose map is singular, not finite, or so anisotropic that a pixel has over
 // kMaxGatherCandidates candidates is left to backward_kernel (atomics into grad_input, which
 // the gather kernel has zeroed for it): the per-image flag `gathered` says which. Shape decides
-// the path, theta only this per-image fallback, on the device, without a host sync.
+// the path, theta only this per-image fallback, on the device, without a host sync. Under
+// use_deterministic_algorithms the gather serves as well, but an image left over would not be
+// deterministic: the host reads the flags (one sync) and, if any is false, the tap records
+// redo the call; during CUDA-graph capture, where the host cannot wait, the records serve.
 // Arithmetic (an estimate: no GPU run yet), 8x3x1024x1024 fp32, a rotation at scale ~1: DRAM
 // traffic is grad_output, input and grad_input once each, 3 x 100.7 MB = 302 MB, against
 // 503 MB for the scatter (fill 101, grad_output 101, input 101, grad_input read and written
 // 201); ~9-16 candidates per input pixel at ~45 instructions each, 8.4 M pixels: 3.4-6 G lane
 // instructions, ~100-180 us at the H200's ~33 T lane instructions/s against ~80 us for the
 // bytes at ~3.8 TB/s: the candidates' math, not memory, bounds this kernel. Launches: the
-// gather, the fallback (its threads return after one flag load when every image was gathered)
-// and the partials' sum, against fill, scatter and sum. Registers (sm_90, float): 124 bilinear
+// gather, the fallback (where every image was gathered, its threads load one flag and sum
+// zeros into their blocks' theta partials) and the partials' sum, against fill, scatter and
+// sum. Registers (sm_90, float): 124 bilinear
 // (2 blocks of 256 an SM), 80 nearest; no stack (the plan's double divisions are one thread's,
 // outside the candidate loop).
 constexpr double kMaxGatherCandidates = 1024;
@@ -639,17 +646,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Whether backward_gather_kernel takes a call (by shape and settings only): grad_input wanted and
-// not deterministic (an image left to the atomic fallback would not be), zeros padding, float or
-// double (the fallback's atomics go into grad_input itself), at most kMaxGatherChannels channels,
-// 32-bit offsets (grad_input has input's layout; a tensor of over 2^31 elements is left to the
-// scattering kernel, so the gather is built for 32-bit indices alone).
+// Whether backward_gather_kernel takes a call (by shape and settings only): grad_input wanted,
+// zeros padding, float or double (the fallback's atomics go into grad_input itself), at most
+// kMaxGatherChannels channels, 32-bit offsets (grad_input has input's layout; a tensor of over
+// 2^31 elements is left to the scattering kernel, so the gather is built for 32-bit indices
+// alone); deterministic only outside CUDA-graph capture (the host then checks that every image
+// was gathered: backward_by_gather).
 bool gather_backward_fits(const at::Tensor& grad_output, const at::Tensor& input,
                           const SampleConfig& cfg, bool want_input, bool deterministic) {
   const at::ScalarType dtype = input.scalar_type();
-  return want_input && !deterministic && cfg.padding == Padding::Zeros &&
+  return want_input && cfg.padding == Padding::Zeros &&
          (dtype == at::kFloat || dtype == at::kDouble) && input.size(1) <= kMaxGatherChannels &&
-         fits_int32({grad_output, input});
+         fits_int32({grad_output, input}) && !(deterministic && stream_is_capturing());
 }
 
 ThetaStrides strides_of_theta(const at::Tensor& theta) {
@@ -658,18 +666,20 @@ ThetaStrides strides_of_theta(const at::Tensor& theta) {
 
 // The backward pass by backward_gather_kernel (gather_backward_fits), with backward_kernel as
 // the fallback for the images the gather leaves (their flags false), and theta's gradient from
-// both kernels' partials.
-std::tuple<at::Tensor, at::Tensor> backward_by_gather(const at::Tensor& grad_output,
-                                                      const at::Tensor& input,
-                                                      const at::Tensor& theta,
-                                                      const SampleConfig& cfg, bool want_theta) {
+// both kernels' partials. Deterministic, the fallback's atomics would not do: the host waits
+// for the flags instead (one copy of N bools) and returns nothing unless every image was
+// gathered, for the tap records to redo the call.
+std::optional<std::tuple<at::Tensor, at::Tensor>> backward_by_gather(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
+    const SampleConfig& cfg, bool want_theta, bool deterministic) {
   const int64_t batch = input.size(0);
   at::Tensor grad_input = at::empty_like(input, output_memory_format(input));
   at::Tensor gathered = at::empty({batch}, input.options().dtype(at::kBool));
   const dim3 gather_grid = grid_for_tiles(input.size(2), input.size(3), batch);
   const dim3 fallback_grid =
       grid_for_work<1>(input.size(1), grad_output.size(2), grad_output.size(3), batch);
-  const int64_t blocks_per_image = int64_t{gather_grid.x} + fallback_grid.x;
+  const int64_t blocks_per_image =
+      int64_t{gather_grid.x} + (deterministic ? 0 : int64_t{fallback_grid.x});
   at::Tensor partials = want_theta ? at::empty({batch, blocks_per_image, 6}, input.options())
                                    : at::Tensor();
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -686,6 +696,7 @@ std::tuple<at::Tensor, at::Tensor> backward_by_gather(const at::Tensor& grad_out
                     geometry_of<index_t>(grad_input),
                     ThetaPartials<scalar_t>{partials_data, blocks_per_image, 0},
                     gathered.mutable_data_ptr<bool>(), cfg.align_corners);
+      if (deterministic) return;
       launch_kernel(backward_kernel<kMode, scalar_t, index_t, 1>, fallback_grid, kThreads,
                     stream, grad_output.const_data_ptr<scalar_t>(),
                     geometry_of<index_t>(grad_output), input.const_data_ptr<scalar_t>(),
@@ -698,10 +709,11 @@ std::tuple<at::Tensor, at::Tensor> backward_by_gather(const at::Tensor& grad_out
                     gathered.const_data_ptr<bool>(), cfg.padding, cfg.align_corners);
     });
   });
+  if (deterministic && !gathered.all().item<bool>()) return std::nullopt;
   at::Tensor grad_theta = want_theta
       ? partials.sum(1).view({batch, 2, 3})  // (of theta's dtype already)
       : at::empty({0}, theta.options());
-  return {grad_input, grad_theta};
+  return std::make_tuple(grad_input, grad_theta);
 }
 
 at::Tensor affine_grid_sample_cuda(const at::Tensor& input, const at::Tensor& theta,
@@ -784,7 +796,10 @@ std::tuple<at::Tensor, at::Tensor> affine_grid_sample_backward_cuda(
   }
 
   if (gather_backward_fits(grad_output, input, cfg, output_mask[0], deterministic)) {
-    return backward_by_gather(grad_output, input, theta, cfg, output_mask[1]);
+    if (auto grads = backward_by_gather(grad_output, input, theta, cfg, output_mask[1],
+                                        deterministic)) {
+      return *grads;
+    }
   }
 
   const bool atomic_input_grad = output_mask[0] && !deterministic;

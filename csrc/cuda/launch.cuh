@@ -18,6 +18,7 @@
 #else
 #include <ATen/cuda/Atomic.cuh>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -49,6 +50,16 @@ inline bool stage_small_images() {
   return emulation::settings().stage_small_images;
 #else
   return true;
+#endif
+}
+
+// Whether the current stream is capturing a CUDA graph: then a launcher must not wait for the
+// device (a copy to the host would end the capture with an error).
+inline bool stream_is_capturing() {
+#ifdef STN_EXT_CUDA_EMULATION
+  return emulation::settings().capturing_graph;
+#else
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 #endif
 }
 

@@ -11,7 +11,7 @@ namespace stn_ext {
 namespace {
 
 void set_device_limits(int64_t max_grid_y, bool force_64bit_indexing, int64_t block_order_seed,
-                       bool stage_small_images) {
+                       bool stage_small_images, bool capturing_graph) {
   TORCH_CHECK_VALUE(max_grid_y >= 1 && max_grid_y <= 65535,
                     "max_grid_y must be in [1, 65535], got ", max_grid_y);
   emulation::Settings& s = emulation::settings();
@@ -19,6 +19,7 @@ void set_device_limits(int64_t max_grid_y, bool force_64bit_indexing, int64_t bl
   s.force_64bit_indexing = force_64bit_indexing;
   s.block_order_seed = static_cast<uint64_t>(block_order_seed);
   s.stage_small_images = stage_small_images;
+  s.capturing_graph = capturing_graph;
 }
 
 int64_t launch_count() { return emulation::launch_count().load(); }
@@ -35,7 +36,7 @@ TORCH_LIBRARY(stn_ext_cuda_emulation, m) {
   m.def(kAffineSampleSchema);
   m.def(kAffineSampleBackwardSchema);
   m.def("set_device_limits(int max_grid_y, bool force_64bit_indexing, int block_order_seed, "
-        "bool stage_small_images) -> ()",
+        "bool stage_small_images, bool capturing_graph) -> ()",
         &set_device_limits);
   m.def("launch_count() -> int", &launch_count);
   m.def("launched_threads() -> int", &launched_threads);

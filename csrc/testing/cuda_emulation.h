@@ -16,9 +16,9 @@
 // - gpuAtomicAdd is an atomic read-modify-write that really races between the warps' threads;
 // - c10::Half and c10::BFloat16 are the same types as in the device build.
 //
-// Settings (grid-y limit, forced 64-bit indexing, block order, staging) and counters (launches, threads,
-// atomic additions) are process-wide and set or read by the tests through the emulation
-// library's ops.
+// Settings (grid-y limit, forced 64-bit indexing, block order, staging) and counters (launches,
+// threads, atomic additions) are process-wide and set or read by the tests through the
+// emulation library's ops.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -78,6 +78,7 @@ struct Settings {
   bool force_64bit_indexing = false;
   uint64_t block_order_seed = 0;    // 0: blocks in index order; else a shuffled order
   bool stage_small_images = true;   // false: small images take the large images' kernels
+  bool capturing_graph = false;     // true: the stream is capturing a CUDA graph
 };
 
 inline Settings& settings() {

@@ -132,17 +132,19 @@ def atomic_adds() -> int:
 
 @contextlib.contextmanager
 def device_limits(*, max_grid_y: int = CUDA_MAX_GRID_Y, force_64bit_indexing: bool = False,
-                  block_order_seed: int = 0, stage_small_images: bool = True):
+                  block_order_seed: int = 0, stage_small_images: bool = True,
+                  capturing_graph: bool = False):
     """Within the block, the emulated device has these limits: a lower grid-y limit (so that
     small batches take the kernels' grid-stride loops), 64-bit indexing where 32 bits would do,
-    blocks run in a shuffled order (seed > 0) instead of index order, and (stage_small_images
-    False) small images sent to the kernels of large ones."""
+    blocks run in a shuffled order (seed > 0) instead of index order, (stage_small_images
+    False) small images sent to the kernels of large ones, and (capturing_graph) its stream
+    capturing a CUDA graph, so that the launchers may not wait for the device."""
     _ops().set_device_limits(max_grid_y, force_64bit_indexing, block_order_seed,
-                             stage_small_images)
+                             stage_small_images, capturing_graph)
     try:
         yield
     finally:
-        _ops().set_device_limits(CUDA_MAX_GRID_Y, False, 0, True)
+        _ops().set_device_limits(CUDA_MAX_GRID_Y, False, 0, True, False)
 
 
 if __name__ == "__main__":
