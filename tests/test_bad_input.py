@@ -223,7 +223,20 @@ def test_cpu_kernels_refuse_spatial_sizes_past_int32(size):
     backward, never a wrapped index."""
     x = torch.zeros(1, 1, 1, 1).expand(*size)
     theta = _theta(1)
-    with pytest.raises(ValueError, match=r"CPU kernels take input height and width up to"):
+    with pytest.raises(ValueError, match=r"CPU kernels take input spatial sizes up to"):
         OP(x, theta, 2, 2, "bilinear", "zeros", False)
-    with pytest.raises(ValueError, match=r"CPU kernels take input height and width up to"):
+    with pytest.raises(ValueError, match=r"CPU kernels take input spatial sizes up to"):
         BACKWARD(torch.zeros(1, 1, 2, 2), x, theta, "bilinear", "zeros", False, [True, True])
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])  # the row kernels, the general ones
+@pytest.mark.parametrize("size", [(1, 1, 1, 2**31), (1, 1, 2**31, 1), (1, 1, 2**31, 1, 1)],
+                         ids=["wide", "tall", "deep"])
+def test_cpu_general_ops_refuse_spatial_sizes_past_int32(size, mode):
+    """grid_sample's CPU kernels, the fused op's row kernels among them, have the same limit."""
+    if mode == "bicubic" and len(size) == 5:
+        pytest.skip("bicubic is 2-D")
+    x = torch.zeros(1, 1, 1, 1, *([1] * (len(size) - 4))).expand(*size)
+    grid = torch.zeros(1, *([2] * (len(size) - 2)), len(size) - 2)
+    with pytest.raises(ValueError, match=r"CPU kernels take input spatial sizes up to"):
+        stn_ext.grid_sample(x, grid, mode, backend="cpu")

@@ -211,16 +211,6 @@ struct TapDeltas {
   int64_t operator[](int k) const { return (k / 2) * sh + (k % 2) * sw; }
 };
 
-// Inputs up to this size index their pixels with int32 in the row loops (x0 + 1 and the far
-// outside bound W + 1 must fit).
-constexpr int64_t kMaxSpatialSize = std::numeric_limits<int32_t>::max() - 2;
-
-void check_spatial_size(const at::Tensor& input) {
-  TORCH_CHECK_VALUE(input.size(2) <= kMaxSpatialSize && input.size(3) <= kMaxSpatialSize,
-                    "stn_ext: the CPU kernels take input height and width up to ",
-                    kMaxSpatialSize, ", got input of sizes ", input.sizes());
-}
-
 template <typename T>
 std::vector<T> base_coords(int64_t size, bool align_corners) {
   std::vector<T> coords(size);
@@ -749,7 +739,7 @@ bool computes_coordinate_gradient(const at::Tensor& grad_output, const at::Tenso
 template <typename MakeSource>
 at::Tensor sample_rows(const at::Tensor& input, int64_t out_h, int64_t out_w,
                        const SampleConfig& cfg, MakeSource make_source) {
-  check_spatial_size(input);
+  check_cpu_axis_sizes(input);
   at::Tensor output = with_huge_page_advice(
       at::empty({input.size(0), input.size(1), out_h, out_w},
                 input.options().memory_format(output_memory_format(input))));
@@ -773,7 +763,7 @@ template <typename MakeSource>
 at::Tensor sample_rows_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                 const SampleConfig& cfg, std::array<bool, 2> output_mask,
                                 int64_t groups, MakeSource make_source) {
-  check_spatial_size(input);
+  check_cpu_axis_sizes(input);
   // Accumulated in the opmath type (float for half and bfloat16), cast back at the end; the
   // kernel zeroes it unit by unit.
   at::Tensor grad_input_acc = output_mask[0]

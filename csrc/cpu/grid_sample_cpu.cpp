@@ -793,17 +793,6 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   });
 }
 
-// Pixel indices along an axis are int32 in the row loops (an index plus the stencil's reach must
-// fit).
-constexpr int64_t kMaxAxisSize = std::numeric_limits<int32_t>::max() - 8;
-
-void check_axis_sizes(const at::Tensor& input) {
-  for (int64_t d = 2; d < input.dim(); ++d) {
-    TORCH_CHECK_VALUE(input.size(d) <= kMaxAxisSize, "stn_ext: the CPU kernels take input "
-                      "spatial sizes up to ", kMaxAxisSize, ", got input of sizes ", input.sizes());
-  }
-}
-
 // The CPU backend of GeneralOps (grid_sample.h): sample, sample_backward and the two
 // coordinate-source factories below take it as their first argument.
 struct Cpu {};
@@ -841,7 +830,7 @@ at::Tensor sample(Cpu, const at::Tensor& input, at::IntArrayRef out_size, const 
       return affine_sample_rows_cpu(input, make_source.theta, out_size, cfg);
     }
   }
-  check_axis_sizes(input);
+  check_cpu_axis_sizes(input);
   at::Tensor output = new_sampled_output(input, out_size);
   if (output.numel() == 0) return output;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sample_cpu", [&] {
@@ -871,7 +860,7 @@ std::tuple<at::Tensor, at::Tensor> sample_backward(
       return affine_sample_rows_backward_cpu(grad_output, input, coordinates, cfg, output_mask);
     }
   }
-  check_axis_sizes(input);
+  check_cpu_axis_sizes(input);
   at::Tensor grad_input_acc =
       output_mask[0]
           ? with_huge_page_advice(at::empty_like(

@@ -7,11 +7,26 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <cstdint>
+#include <limits>
 #include <tuple>
 
 #include "../sampling_math.h"
 
 namespace stn_ext {
+
+// Pixel indices along an axis are int32 in the CPU kernels' row loops (an index plus a
+// stencil's reach, and the far-outside bound past it, must fit): every CPU kernel refuses an
+// input with a longer spatial axis, before it runs.
+constexpr int64_t kMaxCpuAxisSize = std::numeric_limits<int32_t>::max() - 8;
+
+inline void check_cpu_axis_sizes(const at::Tensor& input) {
+  for (int64_t d = 2; d < input.dim(); ++d) {
+    TORCH_CHECK_VALUE(input.size(d) <= kMaxCpuAxisSize, "stn_ext: the CPU kernels take input "
+                      "spatial sizes up to ", kMaxCpuAxisSize, ", got input of sizes ",
+                      input.sizes());
+  }
+}
 
 // Whether the row kernels serve a general op's call on `input` (N, C, *spatial).
 inline bool row_kernels_serve(const at::Tensor& input, const SampleConfig& cfg,
