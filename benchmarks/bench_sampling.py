@@ -11,12 +11,15 @@ and a speedup is the median of the per-round ratios, so the machine's drift canc
 
 Backends: torch (F.affine_grid + F.grid_sample, or F.grid_sample, eager), torch-compile (the same
 under torch.compile), and ours: cpu on CPU, cuda and triton on GPU (triton on CPU would only run
-interpreted, far too slowly to time). On CPU, where OpenCV is installed (the `bench` extra:
+interpreted, far too slowly to time), and on GPU cuda-deterministic and triton-deterministic: the
+same backends called under torch.use_deterministic_algorithms(True), side by side with the
+others (our CPU kernels are deterministic in any case). On CPU, where OpenCV is installed (the `bench` extra:
 opencv-python-headless), also opencv: cv2.warpAffine, bilinear, one call per image on float32
 HWC images (channels_last input), forward of 2-D affine workloads only, with as many threads as
 torch.
 """
 import argparse
+import contextlib
 import functools
 import math
 import statistics
@@ -63,7 +66,10 @@ VARIANT_SHAPES = ("batch256", "features")
 QUICK_SHAPES = ("stn", "features")
 PASSES = ("fwd", "bwd", "fwd+bwd")
 QUICK_PASSES = ("fwd", "fwd+bwd")
-BACKENDS = ("torch", "torch-compile", "cpu", "cuda", "triton", "opencv")
+BACKENDS = ("torch", "torch-compile", "cpu", "cuda", "triton", "cpu-deterministic",
+            "cuda-deterministic", "triton-deterministic", "opencv")
+# A backend's name with this suffix: the backend under torch.use_deterministic_algorithms(True).
+DETERMINISTIC = "-deterministic"
 ALIGN_CORNERS = False
 
 
@@ -133,7 +139,8 @@ def backends_for(device: torch.device, quick: bool) -> List[str]:
         if _opencv() is not None:
             backends.append("opencv")
     else:
-        backends += [b for b in stn_ext.available_backends() if b in ("cuda", "triton")]
+        ours = [b for b in stn_ext.available_backends() if b in ("cuda", "triton")]
+        backends += ours + [b + DETERMINISTIC for b in ours]
     return backends
 
 
@@ -160,7 +167,9 @@ OPENCV_BORDERS = {"zeros": "BORDER_CONSTANT", "border": "BORDER_REPLICATE"}
 
 def runs(backend: str, case: Case, pass_name: str, padding_mode: str) -> bool:
     """Whether a backend takes this case and pass (opencv: the forward of 2-D bilinear affine
-    warps of float32 HWC images)."""
+    warps of float32 HWC images; a deterministic variant: the passes with a backward)."""
+    if backend.endswith(DETERMINISTIC):
+        return pass_name != "fwd"
     if backend != "opencv":
         return True
     return (case.op == AFFINE and case.dims == 2 and pass_name == "fwd"
@@ -202,7 +211,9 @@ def opencv_warp(case: Case, padding_mode: str) -> Callable:
 
 
 def make_sampler(backend: str, case: Case, padding_mode: str) -> Callable:
-    """(input, theta or grid) -> output for a backend."""
+    """(input, theta or grid) -> output for a backend (a deterministic variant's: that of the
+    backend it varies; prepare_backend sets the mode around its calls)."""
+    backend = backend.removesuffix(DETERMINISTIC)
     if backend == "opencv":
         return opencv_warp(case, padding_mode)
     options = dict(mode=case.mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
@@ -298,8 +309,29 @@ def prepare_backend(case: Case, backend: str, pass_name: str, tensors: Tensors, 
         with Stopwatch(device) as first_call:
             run_pass = prepare_pass(make_sampler(backend, case, args.padding_mode), tensors,
                                     pass_name)
+            if backend.endswith(DETERMINISTIC):
+                run_pass = deterministically(run_pass)
             run_pass()
     return run_pass, first_call.ms
+
+
+@contextlib.contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) within the block, as it was after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def deterministically(call: Callable[[], object]) -> Callable[[], object]:
+    """call, run under torch.use_deterministic_algorithms(True)."""
+    def run():
+        with deterministic_algorithms():
+            return call()
+    return run
 
 
 def result_row(case: Case, backend: str, pass_name: str, times_ms: List[float],

@@ -87,7 +87,7 @@ for tool in memcheck racecheck synccheck; do
 done
 
 before=$(ls benchmarks/results/ 2>/dev/null)
-step bench-sampling 150 "$python" benchmarks/bench_sampling.py --device cuda --json \
+step bench-sampling 210 "$python" benchmarks/bench_sampling.py --device cuda --json \
   --min-run-time 0.2 --note "benchmarks/gpu_check.sh"
 step bench-train 90 "$python" benchmarks/bench_train.py --device cuda --json \
   --min-run-time 1.0 --note "benchmarks/gpu_check.sh"

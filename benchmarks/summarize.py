@@ -55,8 +55,10 @@ METHOD = """\
   written; fwd+bwd, the sum. *% of copy* relates it to the bandwidth of a large same-device
   `copy_` (read + write) timed the same way in the same run.
 - **Backends.** `torch`: `F.affine_grid` + `F.grid_sample`, eager; `torch-compile`: the same two
-  ops under `torch.compile`; `cpu`, `cuda`, `triton`: stn_ext's kernels. Speedup = torch's time /
-  the backend's time, for the same shape, dtype, layout and pass.
+  ops under `torch.compile`; `cpu`, `cuda`, `triton`: stn_ext's kernels; `cuda-deterministic`,
+  `triton-deterministic`: the same under `torch.use_deterministic_algorithms(True)` (passes with
+  a backward only). Speedup = torch's time / the backend's time, for the same shape, dtype,
+  layout and pass.
 - **Training.** One step of `train/cifar.py`'s loop for its CIFAR-10 STN: zero_grad, forward,
   NLL loss, backward, a step of the optimizer of the recipe named below; channels_last model and
   input, no LR schedule; on one synthetic batch kept on the device

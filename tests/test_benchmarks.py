@@ -98,6 +98,29 @@ def test_bench_sampling_general_ops(tmp_path):
     assert "| 4x8x32x32x32->32x32x32 float32 | fwd | " in text
 
 
+def test_bench_sampling_deterministic_rows(tmp_path):
+    """A deterministic variant runs its backend under torch.use_deterministic_algorithms(True),
+    for the passes with a backward, side by side with the rest; the mode is off again after."""
+    path = tmp_path / "deterministic.json"
+    run_script("bench_sampling.py", "--device", "cpu", "--json", str(path), "--passes",
+               "fwd,bwd", "--min-run-time", "0.02", "--shapes", "stn",
+               "--backends", "torch,cpu,cpu-deterministic")
+    run = load(path)
+    assert {(row["backend"], row["pass"]) for row in run["results"]} == {
+        ("torch", "fwd"), ("cpu", "fwd"), ("torch", "bwd"), ("cpu", "bwd"),
+        ("cpu-deterministic", "bwd")}
+
+
+def test_deterministically_sets_the_mode_for_the_call_only():
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_sampling
+    seen = []
+    call = bench_sampling.deterministically(
+        lambda: seen.append(torch.are_deterministic_algorithms_enabled()))
+    call()
+    assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
+
+
 def test_bench_sampling_opencv_rows(tmp_path):
     """Where OpenCV is installed, cv2.warpAffine runs beside ours on the HWC image warps, in the
     forward pass only."""
