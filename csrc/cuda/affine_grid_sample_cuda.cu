@@ -560,10 +560,10 @@ __device__ inline int64_t gather_owner(const Bilinear<T>& b, const Geometry<inde
   return y * in.w + x;
 }
 
-// One thread per input pixel (in PixelTiles), all channels (at most
-// kMaxGatherChannels): grad_input of the pixel, and the theta gradients of the points it owns
-// (block partials). Writes grad_input in full, zeros for an image that is not gatherable (then
-// left to backward_kernel, `gathered[n]` false).
+// One thread per input pixel (in PixelTiles), all channels (at most kMaxGatherChannels):
+// grad_input of the pixel, and the theta gradients of the points it owns (block partials).
+// Writes grad_input in full, zeros for an image that is not gatherable (then left to
+// backward_kernel, or to the tap records when deterministic: `gathered[n]` false).
 template <Interpolation kMode, typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     backward_gather_kernel(const scalar_t* __restrict__ grad_output, Geometry<index_t> gout,
