@@ -289,8 +289,16 @@ struct ThetaPartials {
   T* data;  // nullptr: no theta gradient wanted
   int64_t per_image, first;
 
-  __device__ T* of_block(int64_t n) const {
-    return data + (n * per_image + first + blockIdx.x) * 6;
+  // Sums the threads' tg over the block (block_sum: every thread must call this) and writes the
+  // sum as the block's partial of image n; nothing without data.
+  __device__ void store_block_sum(int64_t n, T (&tg)[6]) const {
+    if (data == nullptr) return;
+    block_sum(tg);
+    if (threadIdx.x == 0) {
+      T* out = data + (n * per_image + first + blockIdx.x) * 6;
+#pragma unroll
+      for (int k = 0; k < 6; ++k) out[k] = tg[k];
+    }
   }
 };
 
@@ -344,14 +352,7 @@ __global__ void __launch_bounds__(kThreads)
           &g_ix, &g_iy);
       if (want_theta) add_point_theta_grad(t, p, g_ix, g_iy, base_x, base_y, tg);
     }
-    if (partials.data != nullptr) {
-      block_sum(tg);
-      if (threadIdx.x == 0) {
-        T* out = partials.of_block(n);
-#pragma unroll
-        for (int k = 0; k < 6; ++k) out[k] = tg[k];
-      }
-    }
+    partials.store_block_sum(n, tg);
   }
 }
 
@@ -459,9 +460,8 @@ bool staged_backward_fits(const at::Tensor& grad_output, const at::Tensor& input
 // bytes at ~3.8 TB/s: the candidates' math, not memory, bounds this kernel. Launches: the
 // gather, the fallback (where every image was gathered, its threads load one flag and sum
 // zeros into their blocks' theta partials) and the partials' sum, against fill, scatter and
-// sum. Registers (sm_90, float): 124 bilinear
-// (2 blocks of 256 an SM), 80 nearest; no stack (the plan's double divisions are one thread's,
-// outside the candidate loop).
+// sum. Registers (sm_90, float): 124 bilinear (2 blocks of 256 an SM), 80 nearest; no stack
+// (the plan's double divisions are one thread's, outside the candidate loop).
 constexpr double kMaxGatherCandidates = 1024;
 constexpr int64_t kMaxGatherChannels = 4;  // a thread keeps its pixel's channels in registers
 
@@ -634,14 +634,7 @@ __global__ void __launch_bounds__(kThreads)
         if (c < gin.c) dst[c * gin.sc] = static_cast<scalar_t>(acc[c]);
       }
     }
-    if (partials.data != nullptr) {
-      block_sum(tg);
-      if (threadIdx.x == 0) {
-        T* out = partials.of_block(n);
-#pragma unroll
-        for (int k = 0; k < 6; ++k) out[k] = tg[k];
-      }
-    }
+    partials.store_block_sum(n, tg);
     __syncthreads();  // the next image's plan waits for this one's readers
   }
 }
