@@ -13,10 +13,10 @@ Backends: torch (F.affine_grid + F.grid_sample, or F.grid_sample, eager), torch-
 under torch.compile), and ours: cpu on CPU, cuda and triton on GPU (triton on CPU would only run
 interpreted, far too slowly to time), and on GPU cuda-deterministic and triton-deterministic: the
 same backends called under torch.use_deterministic_algorithms(True), side by side with the
-others (our CPU kernels are deterministic in any case). On CPU, where OpenCV is installed (the `bench` extra:
-opencv-python-headless), also opencv: cv2.warpAffine, bilinear, one call per image on float32
-HWC images (channels_last input), forward of 2-D affine workloads only, with as many threads as
-torch.
+others (our CPU kernels are deterministic in any case). On CPU, where OpenCV is installed (the
+`bench` extra: opencv-python-headless), also opencv: cv2.warpAffine, bilinear, one call per
+image on float32 HWC images (channels_last input), forward of 2-D affine workloads only, with as
+many threads as torch.
 """
 import argparse
 import contextlib
