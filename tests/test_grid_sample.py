@@ -340,6 +340,43 @@ def test_layouts(backend, dims):
                                   align_corners=False), torch.float64, "strided theta")
 
 
+INPUT_LAYOUTS = ("channels_last", "channel-strided", "x-strided")
+
+
+def laid_out(x, layout):
+    """x with the same values in another memory layout: channels_last(_3d), every other channel
+    of a larger tensor (spatial strides as contiguous, a longer channel stride), or every other
+    pixel along x."""
+    if layout == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        return x.contiguous(memory_format=fmt)
+    if layout == "channel-strided":
+        return torch.stack([x, torch.zeros_like(x)], dim=2).flatten(1, 2)[:, ::2]
+    return torch.stack([x, torch.zeros_like(x)], dim=-1).flatten(-2)[..., ::2]
+
+
+@pytest.mark.parametrize("mode,dims", MODE_DIMS, ids=[f"{m}-{d}d" for m, d in MODE_DIMS])
+@pytest.mark.parametrize("layout", INPUT_LAYOUTS)
+def test_input_layouts(backend, mode, dims, layout):
+    """Every mode samples input in any layout, and takes the gradients to it, as from contiguous
+    input (float32: the kernels' vector paths)."""
+    if backend.name == "triton" and not TritonGeneralOps.has_kernel(dims, mode):
+        pytest.skip(f"no {dims}-D {mode} kernel on this backend")
+    shape, size = SHAPES[dims]["odd"]
+    x, grid, go = make(shape, size, dims, torch.float32, seed_of("input-layouts", mode, dims),
+                       backend.device)
+    # Most points well inside, where every tap is, and some outside.
+    grid = (grid.detach() * 0.8).requires_grad_()
+    strided = laid_out(x.detach(), layout).requires_grad_()
+    assert not strided.is_contiguous()
+    args = dict(mode=mode, padding_mode="zeros", align_corners=False)
+    out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, **args), strided, grid, go)
+    ref, rgx, rgg = grads(lambda x, g: reference(x, g, **args), x, grid, go)
+    assert_close(out, ref, torch.float32, "output")
+    assert_close(gx, rgx, torch.float32, "grad input", scale=max_abs(rgx))
+    assert_close(gg, rgg, torch.float32, "grad grid", scale=max_abs(rgg))
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_empty(backend, dims):
     shape, size = SHAPES[dims]["odd"]

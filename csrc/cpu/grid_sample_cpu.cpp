@@ -25,6 +25,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../affine_grid_sample.h"
@@ -218,8 +219,8 @@ struct RowStencil {
       : width(width), coord(kDim * width), d_coord(kDim * width), status(width),
         axis_index(kDim * kAxisTaps * width), axis_offset(kDim * kAxisTaps * width),
         axis_inside(kDim * kAxisTaps * width), axis_weight(kDim * kAxisTaps * width),
-        axis_d_weight(kDim * kAxisTaps * width), offset(kTaps * width), weight(kTaps * width),
-        mask(width) {}
+        axis_d_weight(kDim * kAxisTaps * width), taps_inside(width), offset(kTaps * width),
+        weight(kTaps * width), mask(width) {}
 
   // Where the coordinate source writes the row's normalised coordinates (axis a at [a]).
   std::array<T*, kDim> coordinates() {
@@ -280,31 +281,45 @@ struct RowStencil {
         st[w] = a == 0 ? axis : std::max(st[w], axis);
       }
     }
-    int32_t* __restrict index = axis_index.data();
-    int32_t* __restrict inside = axis_inside.data();
-    T* __restrict axis_w = axis_weight.data();
-    T* __restrict axis_dw = axis_d_weight.data();
+    int32_t* __restrict any_inside = taps_inside.data();
     for (int a = 0; a < kDim; ++a) {
-      const T* __restrict c = coords + a * width;
+      T* __restrict c = coords + a * width;
       const int64_t size = in.size[a];
-      const int64_t first = a * kAxisTaps * width;
-      // The taps' arrays are disjoint; omp simd says so (too many arrays for the compiler's
-      // own alias checks, which would leave the loop scalar).
-#pragma omp simd
+      // A point without taps takes its taps where they are harmless (outside, or clipped
+      // inside), so the tap loops need no special case; its status only gets worse.
+      for (int64_t w = 0; w < width; ++w) c[w] = st[w] != kHasTaps ? T(-kAxisTaps - 2) : c[w];
+      // One loop per tap, each computing the point's whole stencil and keeping that tap (the
+      // compiler drops the rest): with a loop over the taps inside the loop over points, GCC
+      // leaves the stencil in memory and the loop scalar.
+      [&]<int... kTap>(std::integer_sequence<int, kTap...>) {
+        (axis_tap_loop<kTap>(a, c, size, cfg, any_inside), ...);
+      }(std::make_integer_sequence<int, kAxisTaps>{});
+      // The status the axis' taps give (taps_status): kOutside where none of them is inside.
       for (int64_t w = 0; w < width; ++w) {
-        // A point without taps takes its taps where they are harmless (outside, or clipped
-        // inside), so the tap loops need no special case; its status only gets worse.
-        const T pixel = st[w] != kHasTaps ? T(-kAxisTaps - 2) : c[w];
-        const AxisTaps<T, kAxisTaps, int32_t> t = Policy::template taps<int32_t>(pixel, size, cfg);
-        st[w] = std::max<int32_t>(st[w], taps_status(t));
-        for (int k = 0; k < kAxisTaps; ++k) {
-          const int64_t i = first + k * width + w;
-          index[i] = t.inside[k] ? t.index[k] : 0;
-          inside[i] = t.inside[k];
-          axis_w[i] = t.weight[k];
-          axis_dw[i] = t.d_weight[k];
-        }
+        st[w] = std::max<int32_t>(st[w], int32_t(kOutside) - any_inside[w]);
       }
+    }
+  }
+
+  // Tap kTap of axis a of every point (pixel coordinates c): its index (0 where outside),
+  // insideness, weight and weight derivative; any_inside[w] ORs in its insideness.
+  template <int kTap>
+  void axis_tap_loop(int a, const T* __restrict c, int64_t size, const SampleConfig& cfg,
+                     int32_t* __restrict any_inside) {
+    const int64_t width = this->width;
+    const int64_t first = (a * kAxisTaps + kTap) * width;
+    int32_t* __restrict index = axis_index.data() + first;
+    int32_t* __restrict inside = axis_inside.data() + first;
+    T* __restrict weight = axis_weight.data() + first;
+    T* __restrict d_weight = axis_d_weight.data() + first;
+#pragma omp simd
+    for (int64_t w = 0; w < width; ++w) {
+      const AxisTaps<T, kAxisTaps, int32_t> t = Policy::template taps<int32_t>(c[w], size, cfg);
+      index[w] = t.inside[kTap] ? t.index[kTap] : 0;
+      inside[w] = t.inside[kTap];
+      weight[w] = t.weight[kTap];
+      d_weight[w] = t.d_weight[kTap];
+      any_inside[w] = (kTap == 0 ? 0 : any_inside[w]) | t.inside[kTap];
     }
   }
 
@@ -419,6 +434,7 @@ struct RowStencil {
   std::vector<int64_t> axis_offset;  // [a][k][w]: axis_index times a stride (axis_shares)
   std::vector<int32_t> axis_inside;
   std::vector<T> axis_weight, axis_d_weight;
+  std::vector<int32_t> taps_inside;  // [w]: scratch of resolve_axes
   std::vector<int64_t> offset;  // [k][w], in input planes
   std::vector<T> weight;        // [k][w]
   std::vector<int32_t> mask;    // [w]
@@ -490,6 +506,23 @@ C10_ALWAYS_INLINE bool x_taps_adjacent(const PointAxes<2, 4, T>& p) {
          p.share[0][3] == p.share[0][0] + 3;
 }
 
+// Point w's axis taps, from the row's per-axis arrays (resolve_axes_and_shares, or resolve).
+template <int kDim, typename Policy, typename T>
+C10_ALWAYS_INLINE PointAxes<kDim, Policy::kTaps, T> point_axes(
+    const RowStencil<kDim, Policy, T>& row, int64_t w) {
+  constexpr int kAxisTaps = Policy::kTaps;
+  PointAxes<kDim, kAxisTaps, T> p;
+  for (int a = 0; a < kDim; ++a) {
+    for (int t = 0; t < kAxisTaps; ++t) {
+      const int64_t j = (a * kAxisTaps + t) * row.width + w;
+      p.share[a][t] = row.axis_offset[j];
+      p.weight[a][t] = row.axis_weight[j];
+      p.inside[a][t] = row.axis_inside[j];
+    }
+  }
+  return p;
+}
+
 // gather_separable's sum for a point whose x taps are adjacent (x_taps_adjacent), every tap
 // inside.
 template <typename T>
@@ -512,6 +545,41 @@ C10_ALWAYS_INLINE void gather_axis_vectors(const PointAxes<2, 4, T>& p, const T*
   }
 }
 
+// backward_kernel's channel loop for a point whose x taps are adjacent (x_taps_adjacent), every
+// tap inside, with grad_input's planes (if wanted) in the input's plane layout: a row of four
+// taps at a time, the same terms as tap by tap. Adds g times each tap's weight into grad_plane
+// (null: not wanted) and, where tap_sum is not null, g times each tap's value into tap_sum (x
+// fastest).
+template <typename T>
+C10_ALWAYS_INLINE void scatter_axis_vectors(const PointAxes<2, 4, T>& p, const T* g,
+                                            int64_t g_c_stride, const T* plane,
+                                            int64_t plane_c_stride, T* grad_plane,
+                                            int64_t grad_c_stride, int64_t channels,
+                                            T* tap_sum) {
+  using Vector = typename AxisVector<T>::Type;
+  const auto load = [](const T* taps) {
+    Vector v;
+    std::memcpy(&v, taps, sizeof(v));
+    return v;
+  };
+  const Vector x_weight = {p.weight[0][0], p.weight[0][1], p.weight[0][2], p.weight[0][3]};
+  Vector weight[4], sums[4] = {};
+  for (int j = 0; j < 4; ++j) weight[j] = x_weight * p.weight[1][j];  // as tap_weights_and_mask
+  for (int64_t c = 0; c < channels; ++c) {
+    const T g_c = g[c * g_c_stride];
+    for (int j = 0; j < 4; ++j) {
+      const int64_t row = p.share[0][0] + p.share[1][j];
+      if (grad_plane != nullptr) {
+        T* taps = grad_plane + c * grad_c_stride + row;
+        const Vector sum = load(taps) + weight[j] * g_c;
+        std::memcpy(taps, &sum, sizeof(sum));
+      }
+      if (tap_sum != nullptr) sums[j] += g_c * load(plane + c * plane_c_stride + row);
+    }
+  }
+  if (tap_sum != nullptr) std::memcpy(tap_sum, sums, sizeof(sums));
+}
+
 // The weighted sum of point w's taps (row.resolve_axes_and_shares()d) for each channel,
 // separably, into o[c * o_c_stride]; taps outside read the channel's fill value, or zero.
 template <int kDim, typename Policy, typename T, typename scalar_t>
@@ -520,17 +588,10 @@ C10_ALWAYS_INLINE void gather_separable(const RowStencil<kDim, Policy, T>& row, 
                                         int64_t channels, const std::vector<T>& fill, scalar_t* o,
                                         int64_t o_c_stride) {
   constexpr int kAxisTaps = RowStencil<kDim, Policy, T>::kAxisTaps;
-  const int64_t width = row.width;
-  PointAxes<kDim, kAxisTaps, T> p;
+  const PointAxes<kDim, kAxisTaps, T> p = point_axes(row, w);
   int32_t all_inside = 1;
   for (int a = 0; a < kDim; ++a) {
-    for (int t = 0; t < kAxisTaps; ++t) {
-      const int64_t j = (a * kAxisTaps + t) * width + w;
-      p.share[a][t] = row.axis_offset[j];
-      p.weight[a][t] = row.axis_weight[j];
-      p.inside[a][t] = row.axis_inside[j];
-      all_inside &= p.inside[a][t];
-    }
+    for (int t = 0; t < kAxisTaps; ++t) all_inside &= p.inside[a][t];
   }
   if (all_inside) {  // the common case: no tap in the padding
     if constexpr (kHasAxisVectors<kDim, kAxisTaps, T, scalar_t>) {
@@ -684,6 +745,9 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   // Per-tap weight derivatives (weight_derivatives) serve the stencils that are not separable.
   const bool tap_derivatives = coordinate_work && !kSeparable;
   const bool same_layout = grad_in_ptr != nullptr && gin.stride == in.stride;
+  // Whether points whose rows of taps are vectors in memory take scatter_axis_vectors.
+  constexpr bool kAxisVectors =
+      kHasAxisVectors<kDim, Row::kAxisTaps, T, scalar_t> && std::is_same_v<grad_in_t, T>;
 
   at::parallel_for(0, input.size(0), 1, [&](int64_t begin, int64_t end) {
     Row row(width);
@@ -718,47 +782,64 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
           }
           if (status == kHasTaps) {
             const int32_t mask = row.mask[w];
-            // The pixel's taps in registers for the channel loop.
-            int64_t in_offset[Row::kTaps], grad_offset[Row::kTaps];
-            T weight[Row::kTaps], d_w[Row::kTaps][kDim];
-            for (int k = 0; k < Row::kTaps; ++k) {
-              in_offset[k] = row.offset[k * width + w];
-              grad_offset[k] = gin_offset[k * width + w];
-              weight[k] = row.weight[k * width + w];
-              for (int a = 0; a < kDim; ++a) {
-                d_w[k][a] = tap_derivatives ? d_weight[(k * kDim + a) * width + w] : T(0);
-              }
-            }
+            const scalar_t* g_ptr = g_row + w * gout.stride[0];
             // d(loss)/d(pixel coordinate a) = sum over taps k of d_w[k][a] * tap_sum[k], where
             // tap_sum[k] = sum over channels of g times tap k's value: kTaps independent sums
             // over the channels, then a short one per axis (one chain of kTaps * channels
             // multiply-adds per axis would wait on each add's latency).
             T tap_sum[Row::kTaps] = {};
-            const scalar_t* g_ptr = g_row + w * gout.stride[0];
-            for (int64_t c = 0; c < channels; ++c) {
-              const T g = T(g_ptr[c * gout.c_stride]);
-              if (gin_image != nullptr) {
-                grad_in_t* plane = gin_image + c * gin.c_stride;
-                if (mask == Row::kAllInside) {  // the common case: no tap in the padding
-                  for (int k = 0; k < Row::kTaps; ++k) {
-                    plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
-                  }
-                } else {
-                  for (int k = 0; k < Row::kTaps; ++k) {
-                    if ((mask >> k) & 1) plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
-                  }
+            T d_w[Row::kTaps][kDim];
+            bool as_vectors = false;
+            if constexpr (kAxisVectors) {
+              if (mask == Row::kAllInside && (gin_image == nullptr || same_layout)) {
+                const auto p = point_axes(row, w);
+                as_vectors = x_taps_adjacent(p);
+                if (as_vectors) {
+                  scatter_axis_vectors(p, g_ptr, gout.c_stride, in_image, in.c_stride, gin_image,
+                                       gin.c_stride, channels,
+                                       coordinate_work ? tap_sum : nullptr);
                 }
               }
-              if (coordinate_work) {
-                const scalar_t* plane = in_image + c * in.c_stride;
-                const T outside_value = has_fill ? fill[c] : T(0);
-                for (int k = 0; k < Row::kTaps; ++k) {
-                  const bool inside = (mask >> k) & 1;
-                  // (A tap outside has offset 0: the load is valid, its value unused.) Without a
-                  // fill, taps outside read zero and add nothing, even where g is not finite
-                  // (as ATen, which skips them).
-                  const T value = inside ? T(plane[in_offset[k]]) : outside_value;
-                  tap_sum[k] += inside || has_fill ? g * value : T(0);
+            }
+            if (!as_vectors) {
+              // The pixel's taps in registers for the channel loop.
+              int64_t in_offset[Row::kTaps], grad_offset[Row::kTaps];
+              T weight[Row::kTaps];
+              for (int k = 0; k < Row::kTaps; ++k) {
+                in_offset[k] = row.offset[k * width + w];
+                grad_offset[k] = gin_offset[k * width + w];
+                weight[k] = row.weight[k * width + w];
+                for (int a = 0; a < kDim; ++a) {
+                  d_w[k][a] = tap_derivatives ? d_weight[(k * kDim + a) * width + w] : T(0);
+                }
+              }
+              for (int64_t c = 0; c < channels; ++c) {
+                const T g = T(g_ptr[c * gout.c_stride]);
+                if (gin_image != nullptr) {
+                  grad_in_t* plane = gin_image + c * gin.c_stride;
+                  if (mask == Row::kAllInside) {  // the common case: no tap in the padding
+                    for (int k = 0; k < Row::kTaps; ++k) {
+                      plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
+                    }
+                  } else {
+                    for (int k = 0; k < Row::kTaps; ++k) {
+                      if ((mask >> k) & 1) {
+                        plane[grad_offset[k]] += static_cast<grad_in_t>(weight[k] * g);
+                      }
+                    }
+                  }
+                }
+                if (coordinate_work) {
+                  const scalar_t* plane = in_image + c * in.c_stride;
+                  const T outside_value = has_fill ? fill[c] : T(0);
+                  for (int k = 0; k < Row::kTaps; ++k) {
+                    const bool inside = (mask >> k) & 1;
+                    // (A tap outside has offset 0: the load is valid, its value unused.)
+                    // Without a fill, taps outside read zero and add nothing, even where g is
+                    // not finite (as ATen, which skips them).
+                    const T value = inside ? T(plane[in_offset[k]]) : outside_value;
+                    tap_sum[k] += inside || has_fill ? g * value : T(0);
+                  }
                 }
               }
             }
