@@ -244,17 +244,19 @@ template <typename T>
 struct TapVectors {
   typedef T Row __attribute__((vector_size(2 * sizeof(T))));
   typedef T Quad __attribute__((vector_size(4 * sizeof(T))));
+  // A Row as it lies in a plane: aligned as T only, and aliasing it.
+  typedef T PlaneRow __attribute__((vector_size(2 * sizeof(T)), aligned(alignof(T)), may_alias));
 };
 template <typename T>
 using TapRow = typename TapVectors<T>::Row;  // (west, east) of one row
 template <typename T>
 using Taps = typename TapVectors<T>::Quad;   // (north-west, north-east, south-west, south-east)
 
+// (Through PlaneRow, not memcpy: GCC copies an 8-byte memcpy through a general register and
+// the stack, and the reload then waits on store forwarding.)
 template <typename T>
 inline TapRow<T> load_tap_row(const T* p) {
-  TapRow<T> taps;
-  std::memcpy(&taps, p, sizeof(taps));
-  return taps;
+  return *reinterpret_cast<const typename TapVectors<T>::PlaneRow*>(p);
 }
 
 // The tap differences of bilinear_coord_grad, (v01 - v00, v11 - v10, v10 - v00, v11 - v01),
