@@ -496,7 +496,19 @@ constexpr bool kHasAxisVectors = kDim == 2 && kAxisTaps == 4 && std::is_same_v<T
 template <typename T>
 struct AxisVector {
   typedef T Type __attribute__((vector_size(4 * sizeof(T))));
+  // A Type as it lies in a plane: aligned as T only, and aliasing it.
+  typedef T InPlane __attribute__((vector_size(4 * sizeof(T)), aligned(alignof(T)), may_alias));
 };
+
+// The four adjacent taps at p as one vector, and back.
+template <typename T>
+C10_ALWAYS_INLINE typename AxisVector<T>::Type load_axis_vector(const T* p) {
+  return *reinterpret_cast<const typename AxisVector<T>::InPlane*>(p);
+}
+template <typename T>
+C10_ALWAYS_INLINE void store_axis_vector(T* p, typename AxisVector<T>::Type v) {
+  *reinterpret_cast<typename AxisVector<T>::InPlane*>(p) = v;
+}
 
 // Whether point p's x taps are adjacent in memory (unit x stride; not clipped onto one another
 // by border or reflection padding).
@@ -530,16 +542,11 @@ C10_ALWAYS_INLINE void gather_axis_vectors(const PointAxes<2, 4, T>& p, const T*
                                            int64_t plane_c_stride, int64_t channels, T* o,
                                            int64_t o_c_stride) {
   using Vector = typename AxisVector<T>::Type;
-  const auto load = [](const T* taps) {
-    Vector v;
-    std::memcpy(&v, taps, sizeof(v));
-    return v;
-  };
   const Vector x_weight = {p.weight[0][0], p.weight[0][1], p.weight[0][2], p.weight[0][3]};
   for (int64_t c = 0; c < channels; ++c, plane += plane_c_stride) {
     const T* row = plane + p.share[0][0];
-    Vector columns = p.weight[1][0] * load(row + p.share[1][0]);
-    for (int t = 1; t < 4; ++t) columns += p.weight[1][t] * load(row + p.share[1][t]);
+    Vector columns = p.weight[1][0] * load_axis_vector(row + p.share[1][0]);
+    for (int t = 1; t < 4; ++t) columns += p.weight[1][t] * load_axis_vector(row + p.share[1][t]);
     const Vector terms = columns * x_weight;
     o[c * o_c_stride] = (terms[0] + terms[1]) + (terms[2] + terms[3]);
   }
@@ -557,11 +564,6 @@ C10_ALWAYS_INLINE void scatter_axis_vectors(const PointAxes<2, 4, T>& p, const T
                                             int64_t grad_c_stride, int64_t channels,
                                             T* tap_sum) {
   using Vector = typename AxisVector<T>::Type;
-  const auto load = [](const T* taps) {
-    Vector v;
-    std::memcpy(&v, taps, sizeof(v));
-    return v;
-  };
   const Vector x_weight = {p.weight[0][0], p.weight[0][1], p.weight[0][2], p.weight[0][3]};
   Vector weight[4], sums[4] = {};
   for (int j = 0; j < 4; ++j) weight[j] = x_weight * p.weight[1][j];  // as tap_weights_and_mask
@@ -571,10 +573,9 @@ C10_ALWAYS_INLINE void scatter_axis_vectors(const PointAxes<2, 4, T>& p, const T
       const int64_t row = p.share[0][0] + p.share[1][j];
       if (grad_plane != nullptr) {
         T* taps = grad_plane + c * grad_c_stride + row;
-        const Vector sum = load(taps) + weight[j] * g_c;
-        std::memcpy(taps, &sum, sizeof(sum));
+        store_axis_vector(taps, load_axis_vector(taps) + weight[j] * g_c);
       }
-      if (tap_sum != nullptr) sums[j] += g_c * load(plane + c * plane_c_stride + row);
+      if (tap_sum != nullptr) sums[j] += g_c * load_axis_vector(plane + c * plane_c_stride + row);
     }
   }
   if (tap_sum != nullptr) std::memcpy(tap_sum, sums, sizeof(sums));
