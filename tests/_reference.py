@@ -260,13 +260,17 @@ def deterministic_mode():
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
+def reproducibly(backend: Backend):
+    """A context in which the backend's backward is deterministic: on backends whose default
+    backward uses atomics (all but cpu), torch.use_deterministic_algorithms(True)."""
+    return contextlib.nullcontext() if backend.name == "cpu" else deterministic_mode()
+
+
 def repeated_runs(backend: Backend, run, times: int) -> list:
-    """`times` results of run(): on backends whose default backward uses atomics (all but cpu)
-    under torch.use_deterministic_algorithms(True), and in emulation with the blocks in another
+    """`times` results of run(), reproducibly(backend), in emulation with the blocks in another
     order each time."""
-    deterministic = contextlib.nullcontext() if backend.name == "cpu" else deterministic_mode()
     runs = []
-    with deterministic:
+    with reproducibly(backend):
         for block_order_seed in range(times):
             order = (cuda_emulation.device_limits(block_order_seed=block_order_seed)
                      if backend.emulated else contextlib.nullcontext())

@@ -16,7 +16,7 @@ from torch.library import opcheck
 import stn_ext
 from stn_ext.functional import FUSED_MODES
 from _reference import (DTYPES, assert_bitwise_identical, assert_close, compute_dtype, max_abs,
-                        random_input, repeated_runs, seed_of)
+                        random_input, repeated_runs, reproducibly, seed_of)
 
 DTYPE_IDS = [str(d).replace("torch.", "") for d in DTYPES]
 PADDINGS = ("zeros", "border", "reflection")
@@ -375,6 +375,39 @@ def test_input_layouts(backend, mode, dims, layout):
     assert_close(out, ref, torch.float32, "output")
     assert_close(gx, rgx, torch.float32, "grad input", scale=max_abs(rgx))
     assert_close(gg, rgg, torch.float32, "grad grid", scale=max_abs(rgg))
+
+
+def with_rows_apart(t, dim):
+    """t's values with a gap after each run along `dim`, so that the rows of dim - 1 no longer
+    lie back to back in memory."""
+    sizes = list(t.shape)
+    sizes[dim] += 1
+    apart = torch.zeros(sizes, dtype=t.dtype, device=t.device).narrow(dim, 0, t.shape[dim])
+    apart.copy_(t)
+    assert apart.stride(dim - 1) != apart.size(dim) * apart.stride(dim)
+    return apart
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+def test_rows_apart_bitwise(backend, mode):
+    """A grid and grad_output whose output rows lie apart in memory give bit for bit the values
+    and gradients of contiguous ones (with a deterministic backward): the CPU kernels take
+    back-to-back output rows as one long row of points, and cannot where the rows lie apart."""
+    if backend.name == "triton" and not TritonGeneralOps.has_kernel(2, mode):
+        pytest.skip(f"no 2-D {mode} kernel on this backend")
+    # 6 output rows of 300 points: the CPU kernels take them as 2 rows of 900.
+    x, grid, go = make((3, 2, 9, 11), (6, 300), 2, torch.float32, seed_of("rows-apart", mode),
+                       backend.device)
+    grid_apart = with_rows_apart(grid.detach(), 2).requires_grad_()
+    go_apart = with_rows_apart(go, 3)
+    args = dict(mode=mode, padding_mode="zeros", align_corners=False)
+    with reproducibly(backend):
+        together = grads(lambda x, g: backend.grid_sample(x, g, **args), x, grid, go)
+        apart = grads(lambda x, g: backend.grid_sample(x, g, **args), x, grid_apart, go_apart)
+    assert_bitwise_identical([together, apart])
+    _, rgx, rgg = grads(lambda x, g: reference(x, g, **args), x, grid, go)
+    assert_close(together[1], rgx, torch.float32, "grad input", scale=max_abs(rgx))
+    assert_close(together[2], rgg, torch.float32, "grad grid", scale=max_abs(rgg))
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -841,17 +841,61 @@ std::tuple<at::Tensor, at::Tensor> affine_sample_rows_backward_cpu(
   return {grad_input, grad_theta};
 }
 
+namespace {
+
+// grid_sample's points are independent of one another, so the kernels may take an (Ho, Wo) grid
+// as (Ho / k, k * Wo): each kernel row k output rows. A kernel row costs a few vector loops'
+// set-up besides its points, as much as the points themselves at the STN's 32-point rows; rows
+// are merged up to this many points (a bound, so that a row's arrays stay in L1 and large
+// outputs keep many rows to share among threads).
+constexpr int64_t kMergedRowPoints = 1024;
+
+// How many output rows one kernel row takes: the largest divisor k of out_h with
+// k * out_w <= kMergedRowPoints (1 if none).
+int64_t rows_per_kernel_row(int64_t out_h, int64_t out_w) {
+  int64_t rows = 1;
+  for (int64_t k = 2; k <= out_h && k * out_w <= kMergedRowPoints; ++k) {
+    if (out_h % k == 0) rows = k;
+  }
+  return rows;
+}
+
+// Whether dimensions d and d + 1 of t can be viewed as one (d + 1's rows lie back to back).
+bool rows_back_to_back(const at::Tensor& t, int64_t d) {
+  return t.size(d) <= 1 || t.stride(d) == t.size(d + 1) * t.stride(d + 1);
+}
+
+// t with dimensions (d, d + 1) = (Ho, Wo) viewed as (Ho / rows, rows * Wo).
+at::Tensor merge_rows(const at::Tensor& t, int64_t d, int64_t rows) {
+  std::vector<int64_t> sizes = t.sizes().vec();
+  sizes[d] /= rows;
+  sizes[d + 1] *= rows;
+  return t.view(sizes);
+}
+
+}  // namespace
+
 at::Tensor grid_sample_rows_cpu(const at::Tensor& input, const at::Tensor& grid,
                                 const SampleConfig& cfg) {
-  return sample_rows(input, grid.size(1), grid.size(2), cfg, [&](auto scalar) {
-    using scalar_t = decltype(scalar);
-    return GridRows<at::opmath_type<scalar_t>, scalar_t>(grid);
-  });
+  const int64_t out_h = grid.size(1), out_w = grid.size(2);
+  const int64_t rows = rows_back_to_back(grid, 1) ? rows_per_kernel_row(out_h, out_w) : 1;
+  const at::Tensor merged_grid = merge_rows(grid, 1, rows);
+  const at::Tensor output =
+      sample_rows(input, out_h / rows, out_w * rows, cfg, [&](auto scalar) {
+        using scalar_t = decltype(scalar);
+        return GridRows<at::opmath_type<scalar_t>, scalar_t>(merged_grid);
+      });
+  return output.view({input.size(0), input.size(1), out_h, out_w});
 }
 
 std::tuple<at::Tensor, at::Tensor> grid_sample_rows_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& grid,
+    const at::Tensor& grad_output_rows, const at::Tensor& input, const at::Tensor& grid_rows,
     const SampleConfig& cfg, std::array<bool, 2> output_mask) {
+  // Kernel rows of several output rows, as the forward pass takes them.
+  const int64_t rows = rows_back_to_back(grid_rows, 1) && rows_back_to_back(grad_output_rows, 2)
+      ? rows_per_kernel_row(grid_rows.size(1), grid_rows.size(2)) : 1;
+  const at::Tensor grid = merge_rows(grid_rows, 1, rows);
+  const at::Tensor grad_output = merge_rows(grad_output_rows, 2, rows);
   const int64_t batch = input.size(0), out_h = grid.size(1), out_w = grid.size(2);
   const int64_t groups = channel_groups(batch, input.size(1));
   // Each work unit's gradient (N, groups, Ho, Wo, 2), in the opmath type; zero where none is
@@ -876,7 +920,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_rows_backward_cpu(
       sum = sum.clone();
       for (int64_t g = 1; g < groups; ++g) sum.add_(partials.select(1, g));
     }
-    grad_grid = sum.to(grid.scalar_type());
+    grad_grid = sum.to(grid.scalar_type()).view(grid_rows.sizes());
   }
   return {grad_input, grad_grid};
 }
