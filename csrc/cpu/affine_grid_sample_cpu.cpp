@@ -846,8 +846,8 @@ namespace {
 // grid_sample's points are independent of one another, so the kernels may take an (Ho, Wo) grid
 // as (Ho / k, k * Wo): each kernel row k output rows. A kernel row costs a few vector loops'
 // set-up besides its points, as much as the points themselves at the STN's 32-point rows; rows
-// are merged up to this many points (a bound, so that a row's arrays stay in L1 and large
-// outputs keep many rows to share among threads).
+// are merged up to this many points (a bound: a row's arrays, ~70 bytes a point, stay in L2,
+// and large outputs keep many rows to share among threads).
 constexpr int64_t kMergedRowPoints = 1024;
 
 // How many output rows one kernel row takes: the largest divisor k of out_h with
