@@ -89,7 +89,6 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE int8_t axis_status(T coord, int64_t size, Padd
 template <typename T, int kTaps, typename Index>
 C10_HOST_DEVICE C10_ALWAYS_INLINE int8_t taps_status(const AxisTaps<T, kTaps, Index>& t) {
   int32_t any_inside = 0;
-  STN_EXT_UNROLL_TAPS
   for (int k = 0; k < kTaps; ++k) any_inside |= t.inside[k];
   return any_inside ? kHasTaps : kOutside;
 }
