@@ -398,6 +398,15 @@ def test_rows_apart_bitwise(backend, mode):
     # 6 output rows of 300 points: the CPU kernels take them as 2 rows of 900.
     x, grid, go = make((3, 2, 9, 11), (6, 300), 2, torch.float32, seed_of("rows-apart", mode),
                        backend.device)
+    # Each row but the last ends on the taps one pixel west of where the next row begins: the
+    # CPU backward carries a pixel's east taps into the next pixel's west ones, which must not
+    # happen across output rows that a merged row holds.
+    grid = grid.detach()
+    last = torch.tensor([-0.3, 0.1], dtype=grid.dtype, device=grid.device)  # taps inside
+    grid[:, :-1, -1] = last
+    grid[:, 1:, 0] = last + torch.tensor([2 / x.shape[3], 0.0], dtype=grid.dtype,
+                                         device=grid.device)
+    grid.requires_grad_()
     grid_apart = with_rows_apart(grid.detach(), 2).requires_grad_()
     go_apart = with_rows_apart(go, 3)
     args = dict(mode=mode, padding_mode="zeros", align_corners=False)

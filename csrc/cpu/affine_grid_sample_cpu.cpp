@@ -229,6 +229,9 @@ Affine<T> affine_of(const at::Tensor& theta, int64_t n) {
 // side by side: it takes them all at once.
 constexpr int64_t kChannelBlock = 4;
 
+template <int kChannels>
+using Channels = std::integral_constant<int, kChannels>;
+
 int64_t channel_block(const Geometry& g) {
   return g.sc < g.sw ? std::max<int64_t>(g.c, 1) : kChannelBlock;
 }
@@ -380,7 +383,8 @@ void add_row_theta_grad(const RowSamples<T>& r, const T* __restrict g_ix_row,
 // coordinates of an output row's points (grid_x(h) and grid_y(h): functions of the point's
 // column w), whether a row may hold undefined points (check_undefined), and takes the
 // coordinates' gradient back in the backward pass: add_row_gradient for each output row of a work
-// unit (image, channel group), then finish_unit.
+// unit (image, channel group), then finish_unit. row_points: the points of one of the op's output
+// rows (a kernel row may take several, see grid_sample_rows_cpu).
 
 // F.affine_grid's points: theta (N, 2, 3) applied to the base grid (linspace(-1, 1) per axis).
 // The gradient is reduced per work unit in double: theta_partials[unit * 6 + k].
@@ -388,15 +392,15 @@ template <typename T, typename scalar_t>
 struct AffineRows {
   const at::Tensor& theta;
   std::vector<T> base_x;
-  int64_t out_h;
+  int64_t row_points, out_h;
   bool align_corners;
   Geometry in;
   double* theta_partials;  // backward pass only
 
   AffineRows(const at::Tensor& theta, int64_t out_w, int64_t out_h, bool align_corners,
              const Geometry& in, double* theta_partials = nullptr)
-      : theta(theta), base_x(base_coords<T>(out_w, align_corners)), out_h(out_h),
-        align_corners(align_corners), in(in), theta_partials(theta_partials) {}
+      : theta(theta), base_x(base_coords<T>(out_w, align_corners)), row_points(out_w),
+        out_h(out_h), align_corners(align_corners), in(in), theta_partials(theta_partials) {}
 
   struct Image {
     const AffineRows* rows;
@@ -441,13 +445,13 @@ template <typename T, typename scalar_t>
 struct GridRows {
   const scalar_t* points;
   int64_t sn, sh, sw, s_coord;
-  int64_t out_h, out_w;
+  int64_t out_h, out_w, row_points;
   T* grad_partials;  // backward pass only
 
-  GridRows(const at::Tensor& grid, T* grad_partials = nullptr)
+  GridRows(const at::Tensor& grid, int64_t row_points, T* grad_partials = nullptr)
       : points(grid.const_data_ptr<scalar_t>()), sn(grid.stride(0)), sh(grid.stride(1)),
         sw(grid.stride(2)), s_coord(grid.stride(3)), out_h(grid.size(1)), out_w(grid.size(2)),
-        grad_partials(grad_partials) {}
+        row_points(row_points), grad_partials(grad_partials) {}
 
   struct Image {
     const GridRows* rows;
@@ -562,6 +566,28 @@ struct BlockPlanes {
   int64_t grad_input_sc;
 };
 
+// The east tap column of a pixel's grad_input contributions, one value per tap row and channel
+// of a block of kChannels, held in registers until the next pixel (see backward_row).
+template <int kChannels, typename T>
+struct CarriedColumn {
+  T north[kChannels] = {}, south[kChannels] = {};
+  int64_t at = -1;  // the column's north tap in the block's first grad_input plane; -1: none
+
+  // Adds the column to grad_input (the block's first plane, channel stride sc, row stride sh)
+  // and empties it.
+  template <typename grad_in_t>
+  void flush(grad_in_t* grad_input, int64_t sc, int64_t sh) {
+    if (at < 0) return;
+    grad_in_t* d = grad_input + at;
+    for (int c = 0; c < kChannels; ++c, d += sc) {
+      d[0] += north[c];
+      d[sh] += south[c];
+      north[c] = south[c] = T(0);
+    }
+    at = -1;
+  }
+};
+
 // The backward pass along one output row for a block of channels, pixel by pixel with the
 // channels innermost: scatters the tap weights times grad_output into grad_input, and adds the
 // block's d(loss)/d(ix, iy) to g_ix[w], g_iy[w] (summed in registers over the block, in channel
@@ -569,16 +595,36 @@ struct BlockPlanes {
 // and on whether grad_input's planes have input's strides (kSameLayout, the usual case): then
 // one set of tap offsets serves both, which frees the registers the channel loop needs.
 // kTapVectors (see TapVectors) takes the input taps of a pixel with no tap in the padding as
-// one vector.
+// one vector. kChannels: the block's channel count as a constant (0: planes.channels at run
+// time).
+//
+// With tap vectors and a constant block, a pixel with no tap in the padding keeps its east
+// column of grad_input contributions in registers (CarriedColumn): when the next pixel's west
+// column is the same (x0 one further on the same rows, as for most neighbours of an affine map
+// or a smooth grid) it adds them to its own, so each tap column is read and written once, not
+// twice, and neighbours do not wait on each other's stores. A column is carried only within one
+// output row of row_points points (a kernel row may hold several, grid_sample_rows_cpu), so the
+// sums, and every bit of grad_input, do not depend on how rows are merged.
 template <bool kGradInput, bool kGradCoordinates, int kTaps, bool kSameLayout, bool kTapVectors,
-          typename T, typename scalar_t, typename grad_in_t>
+          int kChannels = 0, typename T, typename scalar_t, typename grad_in_t>
 void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>& planes,
                   const int64_t* __restrict gin_origin, TapDeltas in_delta,
-                  TapDeltas gin_own_delta, T* __restrict g_ix_row, T* __restrict g_iy_row) {
-  const int64_t channels = planes.channels;
+                  TapDeltas gin_own_delta, int64_t row_points, T* __restrict g_ix_row,
+                  T* __restrict g_iy_row) {
+  const int64_t channels = kChannels > 0 ? kChannels : planes.channels;
   const TapDeltas gin_delta = kSameLayout ? in_delta : gin_own_delta;
   const int64_t grad_input_sc = kSameLayout ? planes.input_sc : planes.grad_input_sc;
+  constexpr bool kCarry = kGradInput && kTapVectors && kChannels > 0;
+  CarriedColumn<kCarry ? kChannels : 1, T> carried;
+  const auto flush = [&] {
+    if constexpr (kCarry) carried.flush(planes.grad_input, grad_input_sc, gin_delta.sh);
+  };
+  int64_t row_end = row_points;
   for (int64_t w = 0; w < r.width; ++w) {
+    if (kCarry && w == row_end) {
+      flush();
+      row_end += row_points;
+    }
     const int32_t inside = r.inside[w];
     if (inside == 0) continue;  // nothing to scatter, no gradient (whatever grad_output holds)
     const bool all_inside = kTaps == 4 && inside == kAllTaps;  // the common case
@@ -594,16 +640,23 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
         // Sum over the channels of g times the tap differences, whose weights in
         // bilinear_coord_grad are the same for every channel: applied once, after the loop.
         Taps<T> diffs = {};
+        if (kCarry && r.origin[w] != carried.at) flush();  // its west column is another
         for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
                      s += planes.input_sc, d += kGradInput ? grad_input_sc : 0) {
           const T g = T(*go);
           if constexpr (kGradCoordinates) {
             diffs += g * tap_differences<T>(load_tap_row(s), load_tap_row(s + in_delta.sh));
           }
-          if constexpr (kGradInput) {
+          if constexpr (kCarry) {
+            d[0] += carried.north[c] + weight[0] * g;
+            d[gin_delta.sh] += carried.south[c] + weight[2] * g;
+            carried.north[c] = weight[1] * g;
+            carried.south[c] = weight[3] * g;
+          } else if constexpr (kGradInput) {
             for (int k = 0; k < 4; ++k) d[gin_delta[k]] += static_cast<grad_in_t>(weight[k] * g);
           }
         }
+        if constexpr (kCarry) carried.at = r.origin[w] + gin_delta.sw;
         if constexpr (kGradCoordinates) {
           g_ix_row[w] += stencil.north * diffs[0] + stencil.south * diffs[1];
           g_iy_row[w] += stencil.west * diffs[2] + stencil.east * diffs[3];
@@ -611,6 +664,7 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
         continue;
       }
     }
+    flush();  // this pixel may write the carried column
     T g_ix = g_ix_row[w], g_iy = g_iy_row[w];
     for (int64_t c = 0; c < channels; ++c, go += planes.grad_output_sc,
                  s += planes.input_sc, d += kGradInput ? grad_input_sc : 0) {
@@ -644,6 +698,7 @@ void backward_row(const RowSamples<T>& r, const BlockPlanes<scalar_t, grad_in_t>
       g_iy_row[w] = g_iy;
     }
   }
+  flush();
 }
 
 // Zeroes channels [c_begin, c_end) of one image of grad_input before the unit accumulates
@@ -706,19 +761,32 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
               std::min(block, c_end - c), in_ptr + n * in.sn + c * in.sc, in.sc,
               gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sc, gout.sw,
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
+          const auto run = [&](auto same_layout, auto tap_vectors, auto channels) {
+            backward_row<kGradInput, kGradCoordinates, kTaps, decltype(same_layout)::value,
+                         decltype(tap_vectors)::value, decltype(channels)::value>(
+                row, planes, gin_origin.data(), in_delta, gin_delta, source.row_points,
+                g_ix.data(), g_iy.data());
+          };
+          using Yes = std::true_type;
+          using No = std::false_type;
           if constexpr (kHasTapVectors<kTaps, scalar_t>) {
             if (tap_vectors) {
-              backward_row<kGradInput, kGradCoordinates, kTaps, true, true>(
-                  row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
+              // The channel blocks of planar input (kChannelBlock) as constants.
+              static_assert(kChannelBlock == 4);
+              switch (planes.channels) {
+                case 1: run(Yes{}, Yes{}, Channels<1>{}); break;
+                case 2: run(Yes{}, Yes{}, Channels<2>{}); break;
+                case 3: run(Yes{}, Yes{}, Channels<3>{}); break;
+                case 4: run(Yes{}, Yes{}, Channels<4>{}); break;
+                default: run(Yes{}, Yes{}, Channels<0>{}); break;
+              }
               continue;
             }
           }
           if (same_layout) {
-            backward_row<kGradInput, kGradCoordinates, kTaps, true, false>(
-                row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
+            run(Yes{}, No{}, Channels<0>{});
           } else {
-            backward_row<kGradInput, kGradCoordinates, kTaps, false, false>(
-                row, planes, gin_origin.data(), in_delta, gin_delta, g_ix.data(), g_iy.data());
+            run(No{}, No{}, Channels<0>{});
           }
         }
         if constexpr (kGradCoordinates) image.add_row_gradient(row, h, g_ix.data(), g_iy.data());
@@ -882,7 +950,7 @@ at::Tensor grid_sample_rows_cpu(const at::Tensor& input, const at::Tensor& grid,
   const at::Tensor output =
       sample_rows(input, out_h / rows, out_w * rows, cfg, [&](auto scalar) {
         using scalar_t = decltype(scalar);
-        return GridRows<at::opmath_type<scalar_t>, scalar_t>(merged_grid);
+        return GridRows<at::opmath_type<scalar_t>, scalar_t>(merged_grid, out_w);
       });
   return output.view({input.size(0), input.size(1), out_h, out_w});
 }
@@ -908,7 +976,7 @@ std::tuple<at::Tensor, at::Tensor> grid_sample_rows_backward_cpu(
       grad_output, input, cfg, output_mask, groups, [&](auto scalar) {
         using scalar_t = decltype(scalar);
         using T = at::opmath_type<scalar_t>;
-        return GridRows<T, scalar_t>(grid,
+        return GridRows<T, scalar_t>(grid, grid_rows.size(2),
                                      output_mask[1] ? partials.mutable_data_ptr<T>() : nullptr);
       });
   at::Tensor grad_grid = at::empty({0}, grid.options());
