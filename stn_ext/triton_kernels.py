@@ -9,10 +9,12 @@ Work split: one program per (image, block of BLOCK_PIXELS output pixels). A prog
 pixels' source points once, from theta (SOURCE "affine": no grid tensor is ever written) or from
 a dense grid (SOURCE "grid"), then loops over the channels in blocks of BLOCK_CHANNELS, on
 [BLOCK_CHANNELS, BLOCK_PIXELS] tiles whose pixels run fastest, like the rows of a contiguous
-image. The backward program adds grad_input into a float32 (float64) buffer with atomic adds;
-its pixels' coordinate gradient is either reduced to six theta numbers stored per program,
-which the host sums over programs in a fixed order, or written per point into grad_grid: both
-deterministic. Under torch.use_deterministic_algorithms(True) the input gradient takes a slower
+image. The backward of a small image (_IMAGE_PROGRAM_MAX_POINTS) is one program per image
+instead: it zeroes its image's grad_input, adds into it with atomic adds, sums theta's gradient
+itself and writes every gradient in its final dtype, one launch in all. Larger images take
+programs per block of pixels, adding grad_input into a zero-filled float32 (float64) buffer,
+with six theta partial sums per program that the host sums in a fixed order. The coordinate
+gradient is deterministic on both paths (grad_grid is written per point). Under torch.use_deterministic_algorithms(True) the input gradient takes a slower
 path without atomics (_deterministic_input_grad).
 
 Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd (from
@@ -41,6 +43,13 @@ _MIN_BLOCK_PIXELS = 16
 _NUM_WARPS = 4
 # Sizes are never specialised: an axis of 1 pixel must not compile a kernel of its own.
 _SIZE_ARGS = ["channels", "in_h", "in_w", "out_h", "out_w"]
+# The backward takes one program per image (_image_backward_kernel: one launch, nothing else)
+# up to these sizes: output points per image, and input elements per image (its accumulator is
+# zeroed and, for float16/bfloat16, copied out by the one program). A batch of such images is
+# launch-bound (the STN regime: 64x3x32x32); larger images spread over the GPU by blocks of
+# pixels instead (_backward_kernel).
+_IMAGE_PROGRAM_MAX_POINTS = 2048
+_IMAGE_PROGRAM_MAX_ELEMENTS = 8192
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,64 +336,62 @@ def _forward_kernel(
 # Backward kernel
 # ----------------------------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=_SIZE_ARGS)
-def _backward_kernel(
-    grad_output_ptr, input_ptr, coords_ptr, grad_input_ptr,
-    coord_grad_ptr,  # "affine": theta partials (programs, 6); "grid": grad_grid (N, Ho, Wo, 2)
-    fill_ptr,        # HAS_FILL: one value per channel (taps outside read it)
-    channels, in_h, in_w, out_h, out_w,
-    go_sn, go_sc, go_sh, go_sw,
-    in_sn, in_sc, in_sh, in_sw,
-    gi_sn, gi_sc, gi_sh, gi_sw,
+@triton.jit
+def _backward_points(
+    grad_output_image, input_image, acc_image,  # pointers at this image's first element
+    coords_ptr, grad_grid_ptr, fill_ptr,
+    image, pixels, pixel_ok, channels, in_h, in_w, out_h, out_w,
+    go_sc, go_sh, go_sw, in_sc, in_sh, in_sw,
+    ac_sc, ac_sh, ac_sw,                        # the strides of grad_input's accumulator
     co_sn, co_sh, co_sw, co_sc,
     SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
     ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
     NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
-    INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+    INDEX_DTYPE: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
 ):
+    """The backward pass of output pixels `pixels` of `image`, every channel: adds each tap's
+    weight times grad_output into grad_input's accumulator (atomic adds) if NEED_INPUT_GRAD.
+    Returns the points' coordinate gradients d(loss)/d(grid x, y) (zero without
+    NEED_COORD_GRAD) and base coordinates, from which the caller sums theta's gradient (SOURCE
+    "affine"); SOURCE "grid" stores the former into grad_grid (N, Ho, Wo, 2), in its dtype."""
     # NEED_COORD_GRAD only in bilinear mode: nearest sampling has a zero coordinate gradient.
-    index_dtype = tl.int64 if INDEX_64 else tl.int32
     dtype = coords_ptr.dtype.element_ty
-    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
     base_x, base_y, ix, iy, dix, diy = _sample_points(
         coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h, out_w, co_sn, co_sh, co_sw,
         co_sc, SOURCE, PADDING, ALIGN_CORNERS)
     undefined = _undefined_points(ix, iy, pixel_ok)
     near, ix, iy = _near_points(ix, iy, pixel_ok, in_h, in_w)
     if MODE == "nearest":
-        x, y, tap_ok = _nearest_tap(ix, iy, near, in_h, in_w, index_dtype)
-        grad_tap = y * gi_sh + x * gi_sw
+        x, y, tap_ok = _nearest_tap(ix, iy, near, in_h, in_w, INDEX_DTYPE)
+        grad_tap = y * ac_sh + x * ac_sw
     else:
         x0, y0, west, east, north, south, ok00, ok01, ok10, ok11 = _bilinear_stencil(
-            ix, iy, near, in_h, in_w, index_dtype)
-        grad_tap00 = y0 * gi_sh + x0 * gi_sw
+            ix, iy, near, in_h, in_w, INDEX_DTYPE)
+        grad_tap00 = y0 * ac_sh + x0 * ac_sw
         tap00 = y0 * in_sh + x0 * in_sw
 
-    grad_output_image = grad_output_ptr + image.to(tl.int64) * go_sn
-    input_image = input_ptr + image.to(tl.int64) * in_sn
-    grad_input_image = grad_input_ptr + image.to(tl.int64) * gi_sn
     go_offset = (pixels // out_w) * go_sh + (pixels % out_w) * go_sw
     # d(loss)/d(ix), d(loss)/d(iy) of each pixel, summed over channels.
     grad_ix = tl.full([BLOCK_PIXELS], 0.0, dtype)
     grad_iy = tl.full([BLOCK_PIXELS], 0.0, dtype)
     for c_start in range(0, channels, BLOCK_CHANNELS):
-        c = (c_start + tl.arange(0, BLOCK_CHANNELS)).to(index_dtype)
+        c = (c_start + tl.arange(0, BLOCK_CHANNELS)).to(INDEX_DTYPE)
         c_ok = (c < channels)[:, None]
         g = tl.load(grad_output_image + c[:, None] * go_sc + go_offset[None, :],
                     mask=pixel_ok[None, :] & c_ok, other=0.0).to(dtype)
         if NEED_INPUT_GRAD:
-            dst = grad_input_image + c[:, None] * gi_sc
+            dst = acc_image + c[:, None] * ac_sc
             if MODE == "nearest":
                 tl.atomic_add(dst + grad_tap[None, :], g, mask=tap_ok[None, :] & c_ok,
                               sem="relaxed")
             else:
                 tl.atomic_add(dst + grad_tap00[None, :], (west * north)[None, :] * g,
                               mask=ok00[None, :] & c_ok, sem="relaxed")
-                tl.atomic_add(dst + (grad_tap00 + gi_sw)[None, :], (east * north)[None, :] * g,
+                tl.atomic_add(dst + (grad_tap00 + ac_sw)[None, :], (east * north)[None, :] * g,
                               mask=ok01[None, :] & c_ok, sem="relaxed")
-                tl.atomic_add(dst + (grad_tap00 + gi_sh)[None, :], (west * south)[None, :] * g,
+                tl.atomic_add(dst + (grad_tap00 + ac_sh)[None, :], (west * south)[None, :] * g,
                               mask=ok10[None, :] & c_ok, sem="relaxed")
-                tl.atomic_add(dst + (grad_tap00 + gi_sh + gi_sw)[None, :],
+                tl.atomic_add(dst + (grad_tap00 + ac_sh + ac_sw)[None, :],
                               (east * south)[None, :] * g, mask=ok11[None, :] & c_ok,
                               sem="relaxed")
         if NEED_COORD_GRAD:
@@ -398,6 +405,8 @@ def _backward_kernel(
             grad_ix += _sum(g * d_ix, axis=0)
             grad_iy += _sum(g * d_iy, axis=0)
 
+    grad_gx = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    grad_gy = tl.full([BLOCK_PIXELS], 0.0, dtype)
     if NEED_COORD_GRAD:
         # d(loss)/d(grid x, y) of each point. A point with no tap in the image has no gradient,
         # even where grad_output is NaN or inf (its grad_ix is then 0 * NaN: selected away, as
@@ -405,20 +414,144 @@ def _backward_kernel(
         any_tap = ok00 | ok01 | ok10 | ok11
         grad_gx = tl.where(undefined, float("nan"), tl.where(any_tap, grad_ix * dix, 0.0))
         grad_gy = tl.where(undefined, float("nan"), tl.where(any_tap, grad_iy * diy, 0.0))
+        if SOURCE == "grid":
+            point_grad = grad_grid_ptr + (image.to(tl.int64) * out_h * out_w + pixels) * 2
+            element = grad_grid_ptr.dtype.element_ty
+            tl.store(point_grad, grad_gx.to(element), mask=pixel_ok)
+            tl.store(point_grad + 1, grad_gy.to(element), mask=pixel_ok)
+    return grad_gx, grad_gy, base_x, base_y
+
+
+@triton.jit
+def _store_theta_sums(out, gx_bx, gx_by, gx, gy_bx, gy_by, gy):
+    """Theta's gradient (six numbers at `out`, in its dtype) from per-point terms: grid_x =
+    theta[0] . (bx, by, 1), likewise grid_y (the chain rule through the affine map); an
+    undefined point makes every sum of its image NaN."""
+    element = out.dtype.element_ty
+    tl.store(out + 0, _sum(gx_bx, axis=0).to(element))
+    tl.store(out + 1, _sum(gx_by, axis=0).to(element))
+    tl.store(out + 2, _sum(gx, axis=0).to(element))
+    tl.store(out + 3, _sum(gy_bx, axis=0).to(element))
+    tl.store(out + 4, _sum(gy_by, axis=0).to(element))
+    tl.store(out + 5, _sum(gy, axis=0).to(element))
+
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _backward_kernel(
+    grad_output_ptr, input_ptr, coords_ptr,
+    grad_input_ptr,  # NEED_INPUT_GRAD: zero-filled, in the compute precision
+    coord_grad_ptr,  # "affine": theta partials (programs, 6); "grid": grad_grid (N, Ho, Wo, 2)
+    fill_ptr,        # HAS_FILL: one value per channel (taps outside read it)
+    channels, in_h, in_w, out_h, out_w,
+    go_sn, go_sc, go_sh, go_sw,
+    in_sn, in_sc, in_sh, in_sw,
+    gi_sn, gi_sc, gi_sh, gi_sw,
+    co_sn, co_sh, co_sw, co_sc,
+    SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
+    NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+):
+    """One program per (image, block of BLOCK_PIXELS output pixels): an image spread over the
+    GPU. Theta's gradient as six partial sums per program, which the host sums."""
+    index_dtype = tl.int64 if INDEX_64 else tl.int32
+    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    grad_gx, grad_gy, base_x, base_y = _backward_points(
+        grad_output_ptr + image.to(tl.int64) * go_sn, input_ptr + image.to(tl.int64) * in_sn,
+        grad_input_ptr + image.to(tl.int64) * gi_sn, coords_ptr, coord_grad_ptr, fill_ptr,
+        image, pixels, pixel_ok, channels, in_h, in_w, out_h, out_w,
+        go_sc, go_sh, go_sw, in_sc, in_sh, in_sw, gi_sc, gi_sh, gi_sw, co_sn, co_sh, co_sw, co_sc,
+        SOURCE, MODE, PADDING, ALIGN_CORNERS, HAS_FILL, NEED_INPUT_GRAD, NEED_COORD_GRAD,
+        index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS)
+    if NEED_COORD_GRAD:
         if SOURCE == "affine":
-            # Chain rule through the affine map: grid_x = theta[0] . (bx, by, 1), likewise
-            # grid_y; an undefined point makes every sum of its image NaN.
-            partial = coord_grad_ptr + tl.program_id(0).to(tl.int64) * 6
-            tl.store(partial + 0, _sum(grad_gx * base_x, axis=0))
-            tl.store(partial + 1, _sum(grad_gx * base_y, axis=0))
-            tl.store(partial + 2, _sum(grad_gx, axis=0))
-            tl.store(partial + 3, _sum(grad_gy * base_x, axis=0))
-            tl.store(partial + 4, _sum(grad_gy * base_y, axis=0))
-            tl.store(partial + 5, _sum(grad_gy, axis=0))
-        else:
-            point_grad = coord_grad_ptr + (image.to(tl.int64) * out_h * out_w + pixels) * 2
-            tl.store(point_grad, grad_gx, mask=pixel_ok)
-            tl.store(point_grad + 1, grad_gy, mask=pixel_ok)
+            _store_theta_sums(coord_grad_ptr + tl.program_id(0).to(tl.int64) * 6,
+                              grad_gx * base_x, grad_gx * base_y, grad_gx,
+                              grad_gy * base_x, grad_gy * base_y, grad_gy)
+
+
+@triton.jit
+def _plane_offsets(elements, plane, in_w, sc, sh, sw):
+    """Offsets of an image's elements (c, y, x), numbered in (C, H, W) order, at strides s*."""
+    within = elements % plane
+    return (elements // plane) * sc + (within // in_w) * sh + (within % in_w) * sw
+
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _image_backward_kernel(
+    grad_output_ptr, input_ptr, coords_ptr,
+    acc_ptr,         # NEED_INPUT_GRAD: grad_input's accumulator, in the compute precision:
+                     # grad_input itself, or (STAGED) an (N, C, H, W) buffer
+    grad_input_ptr,  # STAGED: grad_input, written from the accumulator at the end
+    coord_grad_ptr,  # "affine": grad_theta (N, 6); "grid": grad_grid (N, Ho, Wo, 2); their dtype
+    fill_ptr,        # HAS_FILL: one value per channel (taps outside read it)
+    channels, in_h, in_w, out_h, out_w,
+    go_sn, go_sc, go_sh, go_sw,
+    in_sn, in_sc, in_sh, in_sw,
+    ac_sn, ac_sc, ac_sh, ac_sw,
+    gi_sn, gi_sc, gi_sh, gi_sw,
+    co_sn, co_sh, co_sw, co_sc,
+    SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
+    NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr, STAGED: tl.constexpr,
+    INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+    BLOCK_ELEMENTS: tl.constexpr,
+):
+    """One program per image, for small images (_image_programs_fit): the program zeroes its
+    image's accumulator, takes all its points block by block, then writes the final
+    gradients, theta's summed in the program. One launch in all: no zero-fill, no reduction of
+    partials, no cast."""
+    index_dtype = tl.int64 if INDEX_64 else tl.int32
+    dtype = coords_ptr.dtype.element_ty
+    image = tl.program_id(0)
+    plane = in_h.to(index_dtype) * in_w
+    elements = channels * plane
+    acc_image = acc_ptr + image.to(tl.int64) * ac_sn
+    if NEED_INPUT_GRAD:
+        for start in range(0, elements, BLOCK_ELEMENTS):
+            e = start + tl.arange(0, BLOCK_ELEMENTS).to(index_dtype)
+            tl.store(acc_image + _plane_offsets(e, plane, in_w, ac_sc, ac_sh, ac_sw),
+                     tl.full([BLOCK_ELEMENTS], 0.0, acc_ptr.dtype.element_ty), mask=e < elements)
+        tl.debug_barrier()  # the zeros are in place before any thread adds to them
+    # Per-lane sums of theta's gradient terms, reduced once at the end.
+    gx_bx = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    gx_by = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    gx = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    gy_bx = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    gy_by = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    gy = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    pixel_count = out_h.to(index_dtype) * out_w
+    for start in range(0, pixel_count, BLOCK_PIXELS):
+        pixels = start + tl.arange(0, BLOCK_PIXELS).to(index_dtype)
+        grad_gx, grad_gy, base_x, base_y = _backward_points(
+            grad_output_ptr + image.to(tl.int64) * go_sn, input_ptr + image.to(tl.int64) * in_sn,
+            acc_image, coords_ptr, coord_grad_ptr, fill_ptr,
+            image, pixels, pixels < pixel_count, channels, in_h, in_w, out_h, out_w,
+            go_sc, go_sh, go_sw, in_sc, in_sh, in_sw, ac_sc, ac_sh, ac_sw,
+            co_sn, co_sh, co_sw, co_sc,
+            SOURCE, MODE, PADDING, ALIGN_CORNERS, HAS_FILL, NEED_INPUT_GRAD, NEED_COORD_GRAD,
+            index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS)
+        gx_bx += grad_gx * base_x
+        gx_by += grad_gx * base_y
+        gx += grad_gx
+        gy_bx += grad_gy * base_x
+        gy_by += grad_gy * base_y
+        gy += grad_gy
+    if NEED_COORD_GRAD:
+        if SOURCE == "affine":
+            _store_theta_sums(coord_grad_ptr + image.to(tl.int64) * 6,
+                              gx_bx, gx_by, gx, gy_bx, gy_by, gy)
+    if NEED_INPUT_GRAD:
+        if STAGED:
+            tl.debug_barrier()  # every thread's adds are in before any thread reads them
+            grad_input_image = grad_input_ptr + image.to(tl.int64) * gi_sn
+            for start in range(0, elements, BLOCK_ELEMENTS):
+                e = start + tl.arange(0, BLOCK_ELEMENTS).to(index_dtype)
+                # .cg: from L2, where the atomic adds went, not from a stale L1 line.
+                value = tl.load(acc_image + _plane_offsets(e, plane, in_w, ac_sc, ac_sh, ac_sw),
+                                mask=e < elements, cache_modifier=".cg")
+                tl.store(grad_input_image + _plane_offsets(e, plane, in_w, gi_sc, gi_sh, gi_sw),
+                         value.to(grad_input_ptr.dtype.element_ty), mask=e < elements)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -590,6 +723,65 @@ def _deterministic_input_grad(grad_output: torch.Tensor, input: torch.Tensor,
             .contiguous(memory_format=output_memory_format(input)))
 
 
+def _image_programs_fit(input: torch.Tensor, out_h: int, out_w: int, need_input_grad: bool,
+                        need_coord_grad: bool) -> bool:
+    """Whether _image_backward takes a backward call (see _IMAGE_PROGRAM_MAX_POINTS): small
+    images, something to compute, and no atomics under torch.use_deterministic_algorithms."""
+    batch, channels, in_h, in_w = input.shape
+    return (0 < out_h * out_w <= _IMAGE_PROGRAM_MAX_POINTS and batch * channels > 0
+            and channels * in_h * in_w <= _IMAGE_PROGRAM_MAX_ELEMENTS
+            and (need_input_grad or need_coord_grad)
+            and not (need_input_grad and torch.are_deterministic_algorithms_enabled()))
+
+
+def _image_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torch.Tensor,
+                    source: str, mode: str, padding_mode: str, align_corners: bool,
+                    need_input_grad: bool, need_coord_grad: bool,
+                    fill: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The backward pass by _image_backward_kernel, one program per image; gradients as
+    _sample_backward returns them."""
+    batch, channels, in_h, in_w = input.shape
+    out_h, out_w = grad_output.shape[2:]
+    compute_dtype = _compute_dtype(input.dtype)
+    coords_arg, coord_strides = _coordinates(coords, source, compute_dtype)
+    block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
+    # Nearest sampling is piecewise constant in its coordinates: their gradient is zero.
+    coord_grad_in_kernel = need_coord_grad and mode == "bilinear"
+    layout = output_memory_format(input)
+    grad_input = (torch.empty_like(input, memory_format=layout) if need_input_grad
+                  else input.new_empty(0))
+    staged = need_input_grad and input.dtype != compute_dtype  # accumulated in float32
+    acc = (torch.empty(input.shape, dtype=compute_dtype, device=input.device) if staged
+           else grad_input)
+    coord_shape = (batch, 2, 3) if source == "affine" else (batch, out_h, out_w, 2)
+    if coord_grad_in_kernel:
+        grad_coords = torch.empty(coord_shape, dtype=coords.dtype, device=input.device)
+    elif need_coord_grad:
+        grad_coords = torch.zeros(coord_shape, dtype=coords.dtype, device=input.device)
+    else:
+        grad_coords = coords.new_empty(0)
+    if not (need_input_grad or coord_grad_in_kernel):
+        return grad_input, grad_coords
+    # Outputs not asked for get a stand-in pointer that the kernel never touches.
+    acc_arg = acc if need_input_grad else input
+    grad_input_arg = grad_input if need_input_grad else input
+    coord_grad_arg = grad_coords if coord_grad_in_kernel else coords_arg
+    with _device_of(input):
+        _image_backward_kernel[(batch,)](
+            grad_output, input, coords_arg, acc_arg, grad_input_arg, coord_grad_arg,
+            _fill_in(fill, compute_dtype, coords_arg),
+            channels, in_h, in_w, out_h, out_w,
+            *grad_output.stride(), *input.stride(), *acc_arg.stride(), *grad_input_arg.stride(),
+            *coord_strides,
+            SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+            HAS_FILL=fill is not None, NEED_INPUT_GRAD=need_input_grad,
+            NEED_COORD_GRAD=coord_grad_in_kernel, STAGED=staged,
+            INDEX_64=_needs_int64(grad_output, input, acc_arg, grad_input_arg, coords_arg),
+            BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels,
+            BLOCK_ELEMENTS=_TILE_ELEMENTS, num_warps=_NUM_WARPS)
+    return grad_input, grad_coords
+
+
 def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torch.Tensor,
                      source: str, mode: str, padding_mode: str, align_corners: bool,
                      output_mask: Sequence[bool],
@@ -603,6 +795,9 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
     need_input_grad, need_coord_grad = output_mask
     batch, channels, in_h, in_w = input.shape
     out_h, out_w = grad_output.shape[2:]
+    if _image_programs_fit(input, out_h, out_w, need_input_grad, need_coord_grad):
+        return _image_backward(grad_output, input, coords, source, mode, padding_mode,
+                               align_corners, need_input_grad, need_coord_grad, fill)
     compute_dtype = _compute_dtype(input.dtype)
     coords_arg, coord_strides = _coordinates(coords, source, compute_dtype)
     block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
@@ -667,8 +862,6 @@ def affine_grid_sample_backward(grad_output: torch.Tensor, input: torch.Tensor,
     """The fused op's backward: (grad_input, grad_theta) as output_mask asks."""
     return _sample_backward(grad_output, input, theta, "affine", mode, padding_mode,
                             align_corners, output_mask)
-
-
 
 
 # ----------------------------------------------------------------------------------------------

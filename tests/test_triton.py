@@ -309,3 +309,30 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("config", CONFIGS[:2] + CONFIGS[-1:],
+                         ids=CONFIG_IDS[:2] + CONFIG_IDS[-1:])
+@pytest.mark.parametrize("programs", ["per-image", "per-block"])
+def test_backward_program_layouts(device, dtype, config, programs, monkeypatch):
+    """Both backward kernels against the references: one program per small image
+    (_image_backward_kernel, the path of the other tests' small shapes) and, forced here, one
+    per block of pixels (_backward_kernel, the path of large images). The per-image path
+    runs no zero-fill and no reduction of partials (casts are not checked here: the interpreter
+    copies every argument, and a same-dtype .to() is recorded though it launches nothing)."""
+    if programs == "per-block":
+        monkeypatch.setattr(triton_kernels, "_IMAGE_PROGRAM_MAX_POINTS", 0)
+    backend = Backend("triton", device)
+    x, theta = make_case(backend, (3, 2, 7, 9), (5, 6), config, dtype, seed_of("programs"),
+                         requires_grad=True)
+    grad_output = random_input((3, 2, 5, 6), seed=seed_of("programs-go"), dtype=dtype,
+                               device=device)
+    check_against_references(backend, x, theta, (5, 6), config, grad_output, dtype)
+    if programs == "per-image" and config["mode"] == "bilinear":  # (nearest: theta's zeros)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            BACKWARD(grad_output, x.detach(), theta.detach(), *config.values(), [True, True])
+        passes = {e.name for e in prof.events()} & {
+            "aten::zero_", "aten::fill_", "aten::zeros", "aten::zeros_like", "aten::sum"}
+        assert not passes, passes
