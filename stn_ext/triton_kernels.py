@@ -14,7 +14,8 @@ instead: it zeroes its image's grad_input, adds into it with atomic adds, sums t
 itself and writes every gradient in its final dtype, one launch in all. Larger images take
 programs per block of pixels, adding grad_input into a zero-filled float32 (float64) buffer,
 with six theta partial sums per program that the host sums in a fixed order. The coordinate
-gradient is deterministic on both paths (grad_grid is written per point). Under torch.use_deterministic_algorithms(True) the input gradient takes a slower
+gradient is deterministic on both paths (grad_grid is written per point). Under
+torch.use_deterministic_algorithms(True) the input gradient takes a slower
 path without atomics (_deterministic_input_grad).
 
 Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd (from
@@ -735,18 +736,16 @@ def _image_programs_fit(input: torch.Tensor, out_h: int, out_w: int, need_input_
 
 
 def _image_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torch.Tensor,
+                    coords_arg: torch.Tensor, coord_strides, block_sizes: Tuple[int, int],
                     source: str, mode: str, padding_mode: str, align_corners: bool,
-                    need_input_grad: bool, need_coord_grad: bool,
+                    need_input_grad: bool, need_coord_grad: bool, coord_grad_in_kernel: bool,
                     fill: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The backward pass by _image_backward_kernel, one program per image; gradients as
-    _sample_backward returns them."""
+    """The backward pass by _image_backward_kernel, one program per image, from
+    _sample_backward's set-up; gradients as _sample_backward returns them."""
     batch, channels, in_h, in_w = input.shape
     out_h, out_w = grad_output.shape[2:]
-    compute_dtype = _compute_dtype(input.dtype)
-    coords_arg, coord_strides = _coordinates(coords, source, compute_dtype)
-    block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
-    # Nearest sampling is piecewise constant in its coordinates: their gradient is zero.
-    coord_grad_in_kernel = need_coord_grad and mode == "bilinear"
+    compute_dtype = coords_arg.dtype
+    block_pixels, block_channels = block_sizes
     layout = output_memory_format(input)
     grad_input = (torch.empty_like(input, memory_format=layout) if need_input_grad
                   else input.new_empty(0))
@@ -795,18 +794,20 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
     need_input_grad, need_coord_grad = output_mask
     batch, channels, in_h, in_w = input.shape
     out_h, out_w = grad_output.shape[2:]
-    if _image_programs_fit(input, out_h, out_w, need_input_grad, need_coord_grad):
-        return _image_backward(grad_output, input, coords, source, mode, padding_mode,
-                               align_corners, need_input_grad, need_coord_grad, fill)
     compute_dtype = _compute_dtype(input.dtype)
     coords_arg, coord_strides = _coordinates(coords, source, compute_dtype)
     block_pixels, block_channels = _block_sizes(channels, out_h * out_w)
-    blocks_per_image = triton.cdiv(out_h * out_w, block_pixels)
     empty = grad_output.numel() == 0
-    deterministic_input_grad = (need_input_grad and not empty
-                                and torch.are_deterministic_algorithms_enabled())
     # Nearest sampling is piecewise constant in its coordinates: their gradient is zero.
     coord_grad_in_kernel = need_coord_grad and mode == "bilinear" and not empty
+    if _image_programs_fit(input, out_h, out_w, need_input_grad, need_coord_grad):
+        return _image_backward(grad_output, input, coords, coords_arg, coord_strides,
+                               (block_pixels, block_channels), source, mode, padding_mode,
+                               align_corners, need_input_grad, need_coord_grad,
+                               coord_grad_in_kernel, fill)
+    blocks_per_image = triton.cdiv(out_h * out_w, block_pixels)
+    deterministic_input_grad = (need_input_grad and not empty
+                                and torch.are_deterministic_algorithms_enabled())
     input_grad_in_kernel = need_input_grad and not deterministic_input_grad
 
     grad_input = (torch.zeros_like(input, dtype=compute_dtype,

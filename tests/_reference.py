@@ -91,6 +91,13 @@ class Backend(NamedTuple):
                 getattr(torch.ops.stn_ext, f"{prefix}affine_grid_sample_backward").default)
 
 
+# The ATen ops (torch.profiler names) that, run around a backward kernel, are kernel launches of
+# their own on a GPU: a fill of a gradient buffer or a reduction of partials, and casts.
+FILL_AND_REDUCE_PASSES = ("aten::zero_", "aten::fill_", "aten::zeros", "aten::zeros_like",
+                          "aten::sum")
+CAST_PASSES = ("aten::to", "aten::_to_copy", "aten::copy_")
+
+
 class Tol(NamedTuple):
     rtol: float
     atol: float

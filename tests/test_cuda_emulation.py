@@ -9,9 +9,9 @@ import torch
 
 from stn_ext.functional import checked_grid_arguments
 from stn_ext.testing import cuda_emulation
-from _reference import (CONFIG_IDS, CONFIGS, SHAPES, Backend, assert_bitwise_identical,
-                        assert_close, deterministic_mode, grads, make_case, max_abs, out_hw,
-                        random_input, reference, seed_of)
+from _reference import (CAST_PASSES, CONFIG_IDS, CONFIGS, FILL_AND_REDUCE_PASSES, SHAPES,
+                        Backend, assert_bitwise_identical, assert_close, deterministic_mode,
+                        grads, make_case, max_abs, out_hw, random_input, reference, seed_of)
 
 EMULATED = Backend("cuda-emulated", "cpu")
 
@@ -115,8 +115,7 @@ def _aten_calls(call) -> list:
 
 # What a backward that writes grad_input once must not run: a fill of grad_input, a reduction
 # of theta partials, a cast of either (each a kernel launch on a GPU).
-EXTRA_PASSES = ("aten::zero_", "aten::fill_", "aten::zeros", "aten::zeros_like", "aten::sum",
-                "aten::to", "aten::_to_copy", "aten::copy_")
+EXTRA_PASSES = FILL_AND_REDUCE_PASSES + CAST_PASSES
 
 # (kernel launches, the EXTRA_PASSES it runs) by backward path, at the shapes of INPUT_SHAPES:
 # a small image is staged (one kernel, nothing else); a larger float one is gathered (the gather
