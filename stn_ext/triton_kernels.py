@@ -11,12 +11,15 @@ a dense grid (SOURCE "grid"), then loops over the channels in blocks of BLOCK_CH
 [BLOCK_CHANNELS, BLOCK_PIXELS] tiles whose pixels run fastest, like the rows of a contiguous
 image. The backward of a small image (_IMAGE_PROGRAM_MAX_POINTS) is one program per image
 instead: it zeroes its image's grad_input, adds into it with atomic adds, sums theta's gradient
-itself and writes every gradient in its final dtype, one launch in all. Larger images take
-programs per block of pixels, adding grad_input into a zero-filled float32 (float64) buffer,
-with six theta partial sums per program that the host sums in a fixed order. The coordinate
-gradient is deterministic on both paths (grad_grid is written per point). Under
-torch.use_deterministic_algorithms(True) the input gradient takes a slower
-path without atomics (_deterministic_input_grad).
+itself and writes every gradient in its final dtype, one launch in all. Larger images under an
+affine map with zeros padding (float32/float64, up to 4 channels) gather instead: a program per
+tile of input pixels finds, through the inverse map, the output points with a tap on each
+pixel and writes its grad_input once (_gather_backward_kernel), deterministic, no atomics, no
+zero-fill. The rest take programs per block of pixels, adding grad_input into a zero-filled
+float32 (float64) buffer, with six theta partial sums per program that the host sums in a fixed
+order. The coordinate gradient is deterministic on every path (grad_grid is written per point).
+Under torch.use_deterministic_algorithms(True) the input gradient comes from the gather where it
+serves, else from a slower path without atomics (_deterministic_input_grad).
 
 Registration: ``torch.library.custom_op`` with explicit fake kernels and autograd (from
 stn_ext/ops.py, like the C++ op's fake kernels), rather than ``torch.library.triton_op``.
@@ -51,6 +54,14 @@ _SIZE_ARGS = ["channels", "in_h", "in_w", "out_h", "out_w"]
 # pixels instead (_backward_kernel).
 _IMAGE_PROGRAM_MAX_POINTS = 2048
 _IMAGE_PROGRAM_MAX_ELEMENTS = 8192
+# The backward of larger images under an affine map with zeros padding gathers grad_input (see
+# _gather_backward_kernel) up to this many channels (a lane keeps its pixel's channels), in
+# programs of this tile of input pixels, for images whose input pixels have at most this many
+# candidate output points each.
+_GATHER_MAX_CHANNELS = 4
+_GATHER_TILE_W = 32
+_GATHER_TILE_H = 4
+_GATHER_MAX_CANDIDATES = tl.constexpr(1024.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,26 +448,49 @@ def _store_theta_sums(out, gx_bx, gx_by, gx, gy_bx, gy_by, gy):
     tl.store(out + 5, _sum(gy, axis=0).to(element))
 
 
+@triton.jit
+def _no_theta_terms(BLOCK: tl.constexpr, dtype):
+    """Zeroed per-lane sums of theta's six gradient terms (see _add_theta_terms)."""
+    zero = tl.full([BLOCK], 0.0, dtype)
+    return zero, zero, zero, zero, zero, zero
+
+
+@triton.jit
+def _add_theta_terms(gx_bx, gx_by, gx, gy_bx, gy_by, gy, grad_gx, grad_gy, base_x, base_y):
+    """Per-lane sums of theta's gradient terms (summed by _store_theta_sums) with those of a
+    block of points: coordinate gradients grad_gx, grad_gy at base coordinates base_x, base_y."""
+    return (gx_bx + grad_gx * base_x, gx_by + grad_gx * base_y, gx + grad_gx,
+            gy_bx + grad_gy * base_x, gy_by + grad_gy * base_y, gy + grad_gy)
+
+
 @triton.jit(do_not_specialize=_SIZE_ARGS)
 def _backward_kernel(
     grad_output_ptr, input_ptr, coords_ptr,
     grad_input_ptr,  # NEED_INPUT_GRAD: zero-filled, in the compute precision
-    coord_grad_ptr,  # "affine": theta partials (programs, 6); "grid": grad_grid (N, Ho, Wo, 2)
+    coord_grad_ptr,  # "affine": theta partials (N, partials_per_image, 6); "grid": grad_grid
+                     # (N, Ho, Wo, 2)
     fill_ptr,        # HAS_FILL: one value per channel (taps outside read it)
+    gathered_ptr,    # SKIP_GATHERED: per image, whether _gather_backward_kernel took it
     channels, in_h, in_w, out_h, out_w,
     go_sn, go_sc, go_sh, go_sw,
     in_sn, in_sc, in_sh, in_sw,
     gi_sn, gi_sc, gi_sh, gi_sw,
     co_sn, co_sh, co_sw, co_sc,
+    partials_per_image, first_partial,  # "affine": this kernel's theta partials of an image
+                                        # are [first_partial, first_partial + its programs)
     SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
     ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
-    NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
+    NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr, SKIP_GATHERED: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
 ):
     """One program per (image, block of BLOCK_PIXELS output pixels): an image spread over the
-    GPU. Theta's gradient as six partial sums per program, which the host sums."""
+    GPU. Theta's gradient as six partial sums per program, which the host sums. SKIP_GATHERED:
+    the fallback of _gather_backward_kernel, whose images it leaves alone (their points count
+    as absent; their partials are zero)."""
     index_dtype = tl.int64 if INDEX_64 else tl.int32
     image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    if SKIP_GATHERED:
+        pixel_ok = pixel_ok & (tl.load(gathered_ptr + image) == 0)
     grad_gx, grad_gy, base_x, base_y = _backward_points(
         grad_output_ptr + image.to(tl.int64) * go_sn, input_ptr + image.to(tl.int64) * in_sn,
         grad_input_ptr + image.to(tl.int64) * gi_sn, coords_ptr, coord_grad_ptr, fill_ptr,
@@ -466,7 +500,10 @@ def _backward_kernel(
         index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS)
     if NEED_COORD_GRAD:
         if SOURCE == "affine":
-            _store_theta_sums(coord_grad_ptr + tl.program_id(0).to(tl.int64) * 6,
+            blocks_per_image = (out_h.to(index_dtype) * out_w + BLOCK_PIXELS - 1) // BLOCK_PIXELS
+            block = tl.program_id(0) - image * blocks_per_image
+            partial = image.to(tl.int64) * partials_per_image + first_partial + block
+            _store_theta_sums(coord_grad_ptr + partial * 6,
                               grad_gx * base_x, grad_gx * base_y, grad_gx,
                               grad_gy * base_x, grad_gy * base_y, grad_gy)
 
@@ -515,12 +552,7 @@ def _image_backward_kernel(
                      tl.full([BLOCK_ELEMENTS], 0.0, acc_ptr.dtype.element_ty), mask=e < elements)
         tl.debug_barrier()  # the zeros are in place before any thread adds to them
     # Per-lane sums of theta's gradient terms, reduced once at the end.
-    gx_bx = tl.full([BLOCK_PIXELS], 0.0, dtype)
-    gx_by = tl.full([BLOCK_PIXELS], 0.0, dtype)
-    gx = tl.full([BLOCK_PIXELS], 0.0, dtype)
-    gy_bx = tl.full([BLOCK_PIXELS], 0.0, dtype)
-    gy_by = tl.full([BLOCK_PIXELS], 0.0, dtype)
-    gy = tl.full([BLOCK_PIXELS], 0.0, dtype)
+    gx_bx, gx_by, gx, gy_bx, gy_by, gy = _no_theta_terms(BLOCK_PIXELS, dtype)
     pixel_count = out_h.to(index_dtype) * out_w
     for start in range(0, pixel_count, BLOCK_PIXELS):
         pixels = start + tl.arange(0, BLOCK_PIXELS).to(index_dtype)
@@ -532,12 +564,8 @@ def _image_backward_kernel(
             co_sn, co_sh, co_sw, co_sc,
             SOURCE, MODE, PADDING, ALIGN_CORNERS, HAS_FILL, NEED_INPUT_GRAD, NEED_COORD_GRAD,
             index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS)
-        gx_bx += grad_gx * base_x
-        gx_by += grad_gx * base_y
-        gx += grad_gx
-        gy_bx += grad_gy * base_x
-        gy_by += grad_gy * base_y
-        gy += grad_gy
+        gx_bx, gx_by, gx, gy_bx, gy_by, gy = _add_theta_terms(
+            gx_bx, gx_by, gx, gy_bx, gy_by, gy, grad_gx, grad_gy, base_x, base_y)
     if NEED_COORD_GRAD:
         if SOURCE == "affine":
             _store_theta_sums(coord_grad_ptr + image.to(tl.int64) * 6,
@@ -553,6 +581,232 @@ def _image_backward_kernel(
                                 mask=e < elements, cache_modifier=".cg")
                 tl.store(grad_input_image + _plane_offsets(e, plane, in_w, gi_sc, gi_sh, gi_sw),
                          value.to(grad_input_ptr.dtype.element_ty), mask=e < elements)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gather backward kernel (large images, affine maps, zeros padding)
+# ----------------------------------------------------------------------------------------------
+# _backward_kernel scatters: grad_input is zero-filled, then every output point adds into its
+# taps with atomics, a read-modify-write per tap and channel. Under an affine map with zeros
+# padding, the output points with a tap at input pixel (x, y) lie in a small parallelogram of
+# the output, found through the inverse map (_gather_plan). _gather_backward_kernel gives each
+# lane one input pixel and sums, in a fixed order, over the points of that parallelogram's
+# bounding box whose taps include the pixel (each point's taps come from the helpers every other
+# kernel uses, so weights match bit for bit), then writes the pixel's channels once: no fill, no
+# atomics, deterministic. Each output point's theta gradient is taken by one of its taps'
+# pixels (the owner: of its taps inside the image, the one nearest its top-left tap), in the
+# same pass. A program is a tile of input pixels, so that under any rotation its candidates are
+# a compact patch of the output. An image whose map is singular, not finite, or so anisotropic
+# that a pixel has over _GATHER_MAX_CANDIDATES candidates is left to _backward_kernel
+# (SKIP_GATHERED; the gather writes zeros there for its atomics); the per-image flag `gathered`
+# says which, on the device, without a host sync (deterministic mode: see _gather_backward).
+# The design of csrc/cuda/affine_grid_sample_cuda.cu's backward_gather_kernel, whose comment
+# gives the arithmetic (an estimate, no GPU run): 8x3x1024x1024 fp32 moves ~302 MB instead of
+# ~503 MB, and the candidates' math (~9-16 a pixel at rotation and scale ~1), not memory,
+# bounds it. Launches: the gather, the fallback and the partials' sum, where the scatter takes
+# a zero-fill, itself and the sum. A tile of 32 x 4 pixels gives each of 4 warps' threads one
+# pixel: sm_90 registers (Triton 3.8's compile) 96 bilinear float32, 64 nearest, 157 float64, no
+# stack; 32 x 8 (two pixels a thread) took 161 in float32.
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _max(values, axis: tl.constexpr):
+    """tl.max (see _sum)."""
+    return tl.reduce(values, axis, _maximum)
+
+
+@triton.jit
+def _base_slope(size, ALIGN_CORNERS: tl.constexpr):
+    """d(base coordinate) / d(output pixel index) along an axis of `size` pixels, in float64
+    (_base_coord is linear in the index, up to rounding)."""
+    size_f = size.to(tl.float64)
+    if ALIGN_CORNERS:
+        slope = 2.0 / tl.maximum(size_f - 1.0, 1.0)
+    else:
+        slope = 2.0 / size_f
+    return tl.where(size > 1, slope, 0.0)
+
+
+@triton.jit
+def _pixel_slope(size, ALIGN_CORNERS: tl.constexpr):
+    """d(pixel coordinate) / d(normalised coordinate) along an input axis of `size` pixels."""
+    if ALIGN_CORNERS:
+        return (size.to(tl.float64) - 1.0) * 0.5
+    else:
+        return size.to(tl.float64) * 0.5
+
+
+@triton.jit
+def _gather_plan(theta, in_h, in_w, out_h, out_w, MODE: tl.constexpr,
+                 ALIGN_CORNERS: tl.constexpr):
+    """How one image's gather finds, for an input pixel, the output points that may have a tap
+    on it, all in float64: the inverse (inv00..inv11, origin_x, origin_y) of the affine map
+    output (w, h) -> input (ix, iy), the half-extents (reach_w, reach_h) of a pixel's candidate
+    box in output pixels, and whether the image is gatherable."""
+    compute = theta.dtype.element_ty
+    t00 = tl.load(theta + 0).to(tl.float64)
+    t01 = tl.load(theta + 1).to(tl.float64)
+    t02 = tl.load(theta + 2).to(tl.float64)
+    t10 = tl.load(theta + 3).to(tl.float64)
+    t11 = tl.load(theta + 4).to(tl.float64)
+    t12 = tl.load(theta + 5).to(tl.float64)
+    ax = _base_slope(out_w, ALIGN_CORNERS)
+    ay = _base_slope(out_h, ALIGN_CORNERS)
+    cx = _base_coord(out_w * 0, out_w, ALIGN_CORNERS, tl.float64)
+    cy = _base_coord(out_h * 0, out_h, ALIGN_CORNERS, tl.float64)
+    sx = _pixel_slope(in_w, ALIGN_CORNERS)
+    sy = _pixel_slope(in_h, ALIGN_CORNERS)
+    # ix = m00 w + m01 h + origin_x, iy = m10 w + m11 h + origin_y (unnormalising adds
+    # (size - 1) / 2 in both alignments).
+    m00 = sx * t00 * ax
+    m01 = sx * t01 * ay
+    m10 = sy * t10 * ax
+    m11 = sy * t11 * ay
+    origin_x = sx * (t00 * cx + t01 * cy + t02) + (in_w.to(tl.float64) - 1.0) * 0.5
+    origin_y = sy * (t10 * cx + t11 * cy + t12) + (in_h.to(tl.float64) - 1.0) * 0.5
+    det = m00 * m11 - m01 * m10
+    inv_det = 1.0 / tl.where(det != 0.0, det, float("nan"))  # singular: not gatherable
+    inv00 = m11 * inv_det
+    inv01 = -m01 * inv_det
+    inv10 = -m10 * inv_det
+    inv11 = m00 * inv_det
+    # A point has a tap at pixel x when its ix is within `reach` of x (bilinear: ix in
+    # [x - 1, x + 1); nearest: [x - 0.5, x + 0.5]). The kernels compute ix in the compute
+    # precision from intermediates of magnitude up to (|t0| + |t1| + |t2| + 1) * size: 64 ulps of
+    # that cover their rounding many times over; 1e-6 output pixels cover the float64 math's.
+    if MODE == "nearest":
+        reach = 0.5
+    else:
+        reach = 1.0
+    if compute == tl.float64:
+        epsilon = 2.220446049250313e-16
+        coordinate_limit = 1.7976931348623157e300  # 1e-8 of the largest float64
+    else:
+        epsilon = 1.1920928955078125e-07
+        coordinate_limit = 3.4028234663852886e30  # 1e-8 of the largest float32
+    magnitude_x = (tl.abs(t00) + tl.abs(t01) + tl.abs(t02) + 1.0) * in_w.to(tl.float64) + 1.0
+    magnitude_y = (tl.abs(t10) + tl.abs(t11) + tl.abs(t12) + 1.0) * in_h.to(tl.float64) + 1.0
+    reach_x = reach + 64.0 * epsilon * magnitude_x
+    reach_y = reach + 64.0 * epsilon * magnitude_y
+    reach_w = tl.abs(inv00) * reach_x + tl.abs(inv01) * reach_y + 1e-6
+    reach_h = tl.abs(inv10) * reach_x + tl.abs(inv11) * reach_y + 1e-6
+    # Coordinates far from overflowing (so none is undefined) and a bounded box; false for any
+    # NaN or infinity on the way (a singular map gives both).
+    gatherable = ((magnitude_x < coordinate_limit) & (magnitude_y < coordinate_limit)
+                  & ((2.0 * reach_w + 1.0) * (2.0 * reach_h + 1.0) <= _GATHER_MAX_CANDIDATES))
+    return gatherable, inv00, inv01, inv10, inv11, origin_x, origin_y, reach_w, reach_h
+
+
+@triton.jit
+def _candidate_range(center, reach, size, gatherable):
+    """The output indices [first, last] within `reach` of `center` (float64) along an output
+    axis of `size` points; an empty range (first > last) where none is, or not gatherable.
+    Clamped in float64 before the conversion: the box may lie far outside the output."""
+    # Not gatherable: the plan may hold infinities and NaN, which must not reach the casts.
+    center = tl.where(gatherable, center, -1.0)
+    reach = tl.where(gatherable, reach, 0.0)
+    size_f = size.to(tl.float64)
+    first = tl.ceil(tl.minimum(tl.maximum(center - reach, 0.0), size_f))
+    last = tl.floor(tl.maximum(tl.minimum(center + reach, size_f - 1.0), -1.0))
+    return first.to(tl.int32), last.to(tl.int32)
+
+
+@triton.jit(do_not_specialize=_SIZE_ARGS)
+def _gather_backward_kernel(
+    grad_output_ptr, input_ptr,
+    theta_ptr,       # (N, 6) thetas, compute precision
+    grad_input_ptr,  # written in full (zeros for an image left to the fallback), input's dtype
+    partials_ptr,    # NEED_COORD_GRAD: theta partials (N, partials_per_image, 6), the first
+                     # tiles_per_image of an image this kernel's
+    gathered_ptr,    # per image: whether it was gathered (written by its first tile)
+    channels, in_h, in_w, out_h, out_w,
+    go_sn, go_sc, go_sh, go_sw,
+    in_sn, in_sc, in_sh, in_sw,
+    gi_sn, gi_sc, gi_sh, gi_sw,
+    partials_per_image,
+    MODE: tl.constexpr, ALIGN_CORNERS: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
+    TILE_W: tl.constexpr, TILE_H: tl.constexpr,  # a program's tile of input pixels
+    BLOCK_CHANNELS: tl.constexpr,                # >= channels (at most _GATHER_MAX_CHANNELS)
+):
+    """One program per (image, tile of TILE_H x TILE_W input pixels), a lane per pixel: its
+    grad_input in every channel, and the theta gradient of the output points it owns."""
+    dtype = theta_ptr.dtype.element_ty
+    tiles_w = (in_w + TILE_W - 1) // TILE_W
+    tiles_per_image = ((in_h + TILE_H - 1) // TILE_H) * tiles_w
+    image = tl.program_id(0) // tiles_per_image
+    tile = tl.program_id(0) % tiles_per_image
+    lane = tl.arange(0, TILE_W * TILE_H)
+    x = (tile % tiles_w) * TILE_W + lane % TILE_W
+    y = (tile // tiles_w) * TILE_H + lane // TILE_W
+    active = (x < in_w) & (y < in_h)
+    gatherable, inv00, inv01, inv10, inv11, origin_x, origin_y, reach_w, reach_h = _gather_plan(
+        theta_ptr + image * 6, in_h, in_w, out_h, out_w, MODE, ALIGN_CORNERS)
+    if tile == 0:
+        tl.store(gathered_ptr + image, gatherable)
+    # (!= 0: Triton's interpreter mistypes `&` of a block and a float64 comparison's scalar.)
+    take = active & (gatherable != 0)
+    dx = x.to(tl.float64) - origin_x
+    dy = y.to(tl.float64) - origin_y
+    w0, w1 = _candidate_range(inv00 * dx + inv01 * dy, reach_w, out_w, take)
+    h0, h1 = _candidate_range(inv10 * dx + inv11 * dy, reach_h, out_h, take)
+    # Every lane walks the program's widest box, masked to its own.
+    span_w = _max(w1 - w0 + 1, axis=0)
+    span_h = _max(h1 - h0 + 1, axis=0)
+
+    c = tl.arange(0, BLOCK_CHANNELS)
+    c_ok = (c < channels)[:, None]
+    grad_output_image = grad_output_ptr + image.to(tl.int64) * go_sn
+    input_image = input_ptr + image.to(tl.int64) * in_sn
+    acc = tl.full([BLOCK_CHANNELS, TILE_W * TILE_H], 0.0, dtype)
+    # Per-lane sums of theta's gradient terms of the points each lane owns.
+    gx_bx, gx_by, gx, gy_bx, gy_by, gy = _no_theta_terms(TILE_W * TILE_H, dtype)
+    for i in range(0, span_h):
+        for j in range(0, span_w):
+            h = h0 + i
+            w = w0 + j
+            candidate = take & (h <= h1) & (w <= w1)
+            pixels = tl.where(candidate, h * out_w + w, 0)
+            base_x, base_y, ix, iy, dix, diy = _source_points(
+                theta_ptr, image, pixels, in_h, in_w, out_h, out_w, "zeros", ALIGN_CORNERS)
+            near, ix, iy = _near_points(ix, iy, candidate, in_h, in_w)
+            if MODE == "nearest":
+                tap_x, tap_y, _ = _nearest_tap(ix, iy, near, in_h, in_w, tl.int32)
+                hit = near & (tap_x == x) & (tap_y == y)
+                weight = tl.full([TILE_W * TILE_H], 1.0, dtype)
+            else:
+                x0, y0, west, east, north, south, ok00, ok01, ok10, ok11 = _bilinear_stencil(
+                    ix, iy, near, in_h, in_w, tl.int32)
+                # (x, y) is in the image: a tap that lands on it is one of the point's valid ones.
+                column = x - x0
+                row = y - y0
+                hit = near & (column >= 0) & (column <= 1) & (row >= 0) & (row <= 1)
+                # The corner weight as every other kernel forms it, (west|east) * (north|south).
+                weight = tl.where(row == 0, tl.where(column == 0, west * north, east * north),
+                                  tl.where(column == 0, west * south, east * south))
+            g = tl.load(grad_output_image + c[:, None] * go_sc + (h * go_sh + w * go_sw)[None, :],
+                        mask=hit[None, :] & c_ok, other=0.0).to(dtype)
+            acc += weight[None, :] * g
+            if NEED_COORD_GRAD:
+                owner = hit & (tl.maximum(x0, 0) == x) & (tl.maximum(y0, 0) == y)
+                v00, v01, v10, v11 = _load_stencil(
+                    input_image + c[:, None] * in_sc, y0 * in_sh + x0 * in_sw, in_sh, in_sw,
+                    ok00 & owner, ok01 & owner, ok10 & owner, ok11 & owner, c_ok, dtype)
+                d_ix = (v01 - v00) * north[None, :] + (v11 - v10) * south[None, :]
+                d_iy = (v10 - v00) * west[None, :] + (v11 - v01) * east[None, :]
+                grad_gx = tl.where(owner, _sum(g * d_ix, axis=0) * dix, 0.0)
+                grad_gy = tl.where(owner, _sum(g * d_iy, axis=0) * diy, 0.0)
+                gx_bx, gx_by, gx, gy_bx, gy_by, gy = _add_theta_terms(
+                    gx_bx, gx_by, gx, gy_bx, gy_by, gy, grad_gx, grad_gy, base_x, base_y)
+    dst = (grad_input_ptr + image.to(tl.int64) * gi_sn + c[:, None] * gi_sc
+           + (y * gi_sh + x * gi_sw)[None, :])
+    tl.store(dst, acc.to(grad_input_ptr.dtype.element_ty), mask=active[None, :] & c_ok)
+    if NEED_COORD_GRAD:
+        _store_theta_sums(partials_ptr + (image.to(tl.int64) * partials_per_image + tile) * 6,
+                          gx_bx, gx_by, gx, gy_bx, gy_by, gy)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -781,6 +1035,98 @@ def _image_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torc
     return grad_input, grad_coords
 
 
+def _launch_backward_blocks(grad_output: torch.Tensor, input: torch.Tensor,
+                            coords_arg: torch.Tensor, coord_strides, grad_input_arg: torch.Tensor,
+                            coord_grad_arg: torch.Tensor, block_sizes: Tuple[int, int],
+                            source: str, mode: str, padding_mode: str, align_corners: bool,
+                            need_input_grad: bool, need_coord_grad: bool,
+                            fill: Optional[torch.Tensor], gathered: Optional[torch.Tensor] = None,
+                            partials_per_image: Optional[int] = None,
+                            first_partial: int = 0) -> None:
+    """Launch _backward_kernel, one program per (image, block of pixels). gathered: the flags
+    of _gather_backward_kernel, whose images the launch leaves (their partials zero);
+    partials_per_image, first_partial: where in theta's partials (N, partials_per_image, 6)
+    this launch writes (default: all of them, one per block)."""
+    batch, channels, in_h, in_w = input.shape
+    out_h, out_w = grad_output.shape[2:]
+    block_pixels, block_channels = block_sizes
+    blocks_per_image = triton.cdiv(out_h * out_w, block_pixels)
+    with _device_of(input):
+        _backward_kernel[(batch * blocks_per_image,)](
+            grad_output, input, coords_arg, grad_input_arg, coord_grad_arg,
+            _fill_in(fill, coords_arg.dtype, coords_arg),
+            gathered if gathered is not None else coords_arg,
+            channels, in_h, in_w, out_h, out_w,
+            *grad_output.stride(), *input.stride(), *grad_input_arg.stride(), *coord_strides,
+            partials_per_image if partials_per_image is not None else blocks_per_image,
+            first_partial,
+            SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
+            HAS_FILL=fill is not None, NEED_INPUT_GRAD=need_input_grad,
+            NEED_COORD_GRAD=need_coord_grad, SKIP_GATHERED=gathered is not None,
+            INDEX_64=_needs_int64(grad_output, input, grad_input_arg, coords_arg),
+            BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
+
+
+def _gather_fits(grad_output: torch.Tensor, input: torch.Tensor, source: str, padding_mode: str,
+                 need_input_grad: bool, fill: Optional[torch.Tensor]) -> bool:
+    """Whether _gather_backward takes a backward call (by shape and settings only; the small
+    images of _image_programs_fit go there first): grad_input wanted from an affine map with
+    zeros padding and no fill value, float32 or float64 (the fallback's atomics go into
+    grad_input itself), at most _GATHER_MAX_CHANNELS channels, 32-bit offsets; deterministic
+    only outside CUDA-graph capture (the host then checks that every image was gathered)."""
+    return (need_input_grad and source == "affine" and padding_mode == "zeros" and fill is None
+            and input.dtype in (torch.float32, torch.float64)
+            and 0 < input.shape[1] <= _GATHER_MAX_CHANNELS and grad_output.numel() > 0
+            and not _needs_int64(grad_output, input)
+            and not (torch.are_deterministic_algorithms_enabled() and input.is_cuda
+                     and torch.cuda.is_current_stream_capturing()))
+
+
+def _gather_backward(grad_output: torch.Tensor, input: torch.Tensor, theta: torch.Tensor,
+                     theta_arg: torch.Tensor, coord_strides, block_sizes: Tuple[int, int],
+                     mode: str, align_corners: bool, need_coord_grad: bool,
+                     coord_grad_in_kernel: bool) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The backward pass by _gather_backward_kernel (_gather_fits), with _backward_kernel as
+    the fallback for the images it leaves, and theta's gradient from both kernels' partials;
+    gradients as _sample_backward returns them. Under torch.use_deterministic_algorithms the
+    fallback's atomics would not do: the host reads the flags instead (one sync) and returns
+    None unless every image was gathered, for _sample_backward's deterministic path to redo
+    the call."""
+    batch, channels, in_h, in_w = input.shape
+    out_h, out_w = grad_output.shape[2:]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    tiles_per_image = triton.cdiv(in_h, _GATHER_TILE_H) * triton.cdiv(in_w, _GATHER_TILE_W)
+    fallback_blocks = 0 if deterministic else triton.cdiv(out_h * out_w, block_sizes[0])
+    partials_per_image = tiles_per_image + fallback_blocks
+    grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
+    gathered = torch.empty(batch, dtype=torch.bool, device=input.device)
+    partials = (torch.empty((batch, partials_per_image, 6), dtype=theta_arg.dtype,
+                            device=input.device) if coord_grad_in_kernel else theta_arg)
+    with _device_of(input):
+        _gather_backward_kernel[(batch * tiles_per_image,)](
+            grad_output, input, theta_arg, grad_input, partials, gathered,
+            channels, in_h, in_w, out_h, out_w,
+            *grad_output.stride(), *input.stride(), *grad_input.stride(), partials_per_image,
+            MODE=mode, ALIGN_CORNERS=align_corners, NEED_COORD_GRAD=coord_grad_in_kernel,
+            TILE_W=_GATHER_TILE_W, TILE_H=_GATHER_TILE_H,
+            BLOCK_CHANNELS=triton.next_power_of_2(channels), num_warps=_NUM_WARPS)
+    if deterministic:
+        if not bool(gathered.all()):
+            return None
+    else:
+        _launch_backward_blocks(grad_output, input, theta_arg, coord_strides, grad_input,
+                                partials, block_sizes, "affine", mode, "zeros", align_corners,
+                                True, coord_grad_in_kernel, None, gathered, partials_per_image,
+                                tiles_per_image)
+    if coord_grad_in_kernel:
+        grad_theta = partials.sum(1).view(batch, 2, 3).to(theta.dtype)
+    elif need_coord_grad:  # nearest: zero
+        grad_theta = torch.zeros((batch, 2, 3), dtype=theta.dtype, device=input.device)
+    else:
+        grad_theta = theta.new_empty(0)
+    return grad_input, grad_theta
+
+
 def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torch.Tensor,
                      source: str, mode: str, padding_mode: str, align_corners: bool,
                      output_mask: Sequence[bool],
@@ -805,6 +1151,12 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
                                (block_pixels, block_channels), source, mode, padding_mode,
                                align_corners, need_input_grad, need_coord_grad,
                                coord_grad_in_kernel, fill)
+    if _gather_fits(grad_output, input, source, padding_mode, need_input_grad, fill):
+        gathered = _gather_backward(grad_output, input, coords, coords_arg, coord_strides,
+                                    (block_pixels, block_channels), mode, align_corners,
+                                    need_coord_grad, coord_grad_in_kernel)
+        if gathered is not None:
+            return gathered
     blocks_per_image = triton.cdiv(out_h * out_w, block_pixels)
     deterministic_input_grad = (need_input_grad and not empty
                                 and torch.are_deterministic_algorithms_enabled())
@@ -823,18 +1175,10 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
         # Outputs not asked for get a stand-in pointer that the kernel never touches.
         grad_input_arg = grad_input if input_grad_in_kernel else input
         coord_grad_arg = coord_grad if coord_grad_in_kernel else coords_arg
-        with _device_of(input):
-            _backward_kernel[(batch * blocks_per_image,)](
-                grad_output, input, coords_arg, grad_input_arg, coord_grad_arg,
-                _fill_in(fill, compute_dtype, coords_arg),
-                channels, in_h, in_w, out_h, out_w,
-                *grad_output.stride(), *input.stride(), *grad_input_arg.stride(),
-                *coord_strides,
-                SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
-                HAS_FILL=fill is not None, NEED_INPUT_GRAD=input_grad_in_kernel,
-                NEED_COORD_GRAD=coord_grad_in_kernel,
-                INDEX_64=_needs_int64(grad_output, input, grad_input_arg, coords_arg),
-                BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
+        _launch_backward_blocks(grad_output, input, coords_arg, coord_strides, grad_input_arg,
+                                coord_grad_arg, (block_pixels, block_channels), source, mode,
+                                padding_mode, align_corners, input_grad_in_kernel,
+                                coord_grad_in_kernel, fill)
     if deterministic_input_grad:
         grad_input = _deterministic_input_grad(grad_output, input, coords_arg, coord_strides,
                                                source, mode, padding_mode, align_corners)

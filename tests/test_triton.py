@@ -290,11 +290,22 @@ COMPILE_FOR_SM90 = textwrap.dedent("""
         compile(tk._backward_kernel,
                 {"grad_output_ptr": "*" + data, "input_ptr": "*" + data,
                  "coords_ptr": "*" + compute, "grad_input_ptr": "*" + compute,
-                 "coord_grad_ptr": "*" + compute, "fill_ptr": "*" + compute},
+                 "coord_grad_ptr": "*" + compute, "fill_ptr": "*" + compute,
+                 "gathered_ptr": "*i1"},
                 dict(options, HAS_FILL=fill, NEED_INPUT_GRAD=True,
+                     SKIP_GATHERED=source == "affine",
                      NEED_COORD_GRAD=mode == "bilinear",
                      **{k: v for k, v in unit_strides.items()
                         if k in tk._backward_kernel.arg_names}))
+        if source == "affine":  # (float32 and float64 data)
+            compile(tk._gather_backward_kernel,
+                    {"grad_output_ptr": "*" + data, "input_ptr": "*" + data,
+                     "theta_ptr": "*" + compute, "grad_input_ptr": "*" + data,
+                     "partials_ptr": "*" + compute, "gathered_ptr": "*i1"},
+                    dict(MODE=mode, ALIGN_CORNERS=aligned, NEED_COORD_GRAD=mode == "bilinear",
+                         TILE_W=tk._GATHER_TILE_W, TILE_H=tk._GATHER_TILE_H, BLOCK_CHANNELS=4,
+                         **{k: v for k, v in unit_strides.items()
+                            if k in tk._gather_backward_kernel.arg_names}))
         compile(tk._stencil_kernel,
                 {"coords_ptr": "*" + compute, "tap_index_ptr": "*i64",
                  "tap_weight_ptr": "*" + compute},
@@ -317,13 +328,15 @@ def test_kernels_compile_for_sm90():
                          ids=CONFIG_IDS[:2] + CONFIG_IDS[-1:])
 @pytest.mark.parametrize("programs", ["per-image", "per-block"])
 def test_backward_program_layouts(device, dtype, config, programs, monkeypatch):
-    """Both backward kernels against the references: one program per small image
+    """Both scattering backward kernels against the references: one program per small image
     (_image_backward_kernel, the path of the other tests' small shapes) and, forced here, one
-    per block of pixels (_backward_kernel, the path of large images). The per-image path
+    per block of pixels (_backward_kernel, the path of large images that the gather does not
+    take: test_gather_backward). The per-image path
     runs no zero-fill and no reduction of partials (casts are not checked here: the interpreter
     copies every argument, and a same-dtype .to() is recorded though it launches nothing)."""
     if programs == "per-block":
         monkeypatch.setattr(triton_kernels, "_IMAGE_PROGRAM_MAX_POINTS", 0)
+        monkeypatch.setattr(triton_kernels, "_GATHER_MAX_CHANNELS", 0)
     backend = Backend("triton", device)
     x, theta = make_case(backend, (3, 2, 7, 9), (5, 6), config, dtype, seed_of("programs"),
                          requires_grad=True)
@@ -335,3 +348,44 @@ def test_backward_program_layouts(device, dtype, config, programs, monkeypatch):
             BACKWARD(grad_output, x.detach(), theta.detach(), *config.values(), [True, True])
         passes = {e.name for e in prof.events()} & set(FILL_AND_REDUCE_PASSES)
         assert not passes, passes
+
+
+GATHER_CONFIGS = [c for c in CONFIGS if c["padding_mode"] == "zeros"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("config", GATHER_CONFIGS,
+                         ids=[CONFIG_IDS[CONFIGS.index(c)] for c in GATHER_CONFIGS])
+@pytest.mark.parametrize("singular", [False, True], ids=["regular", "singular"])
+def test_gather_backward(device, dtype, config, singular, monkeypatch):
+    """The backward of larger images under an affine map with zeros padding gathers
+    (_gather_backward_kernel, forced here on a small shape): both gradients equal the
+    references, with no zero-fill. An image with a singular map (a `singular` batch's second)
+    is left to _backward_kernel, whose programs skip the gathered images; under
+    torch.use_deterministic_algorithms the gather alone serves, bitwise reproducible, or with a
+    singular image the deterministic path redoes the call."""
+    monkeypatch.setattr(triton_kernels, "_IMAGE_PROGRAM_MAX_POINTS", 0)
+    backend = Backend("triton", device)
+    shape, size = (3, 3, 11, 37), (9, 13)  # two tiles across, odd sizes
+    x, theta = make_case(backend, shape, size, config, dtype, seed_of("gather", config),
+                         spread=0.4)
+    if singular:
+        theta[1, 1, :2] = 2.0 * theta[1, 0, :2]  # rank 1: the map collapses onto a line
+    x.requires_grad_()
+    theta.requires_grad_()
+    grad_output = random_input((*shape[:2], *size), seed=seed_of("gather-go"), dtype=dtype,
+                               device=device)
+    ours = check_against_references(backend, x, theta, size, config, grad_output, dtype)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        BACKWARD(grad_output, x.detach(), theta.detach(), *config.values(), [True, False])
+    # (Not aten::fill_: on the CPU, a sum of theta's partials fills its own output.)
+    zero_fills = {e.name for e in prof.events()} & {"aten::zeros", "aten::zeros_like",
+                                                    "aten::zero_"}
+    assert not zero_fills, zero_fills
+    with deterministic_mode():
+        first = grads(sampler(backend, size, config), x, theta, grad_output)
+        again = grads(sampler(backend, size, config), x, theta, grad_output)
+    for a, b, c in zip(first, again, ours):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, **KERNEL_TOL[dtype])
