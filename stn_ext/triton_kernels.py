@@ -270,6 +270,18 @@ def _load_stencil(src, tap00, sh, sw, ok00, ok01, ok10, ok11, c_ok, dtype):
 
 
 @triton.jit
+def _channels_in(c, channels, BLOCK_CHANNELS: tl.constexpr, EVEN_CHANNELS: tl.constexpr):
+    """Which channels of the block c exist, as a [BLOCK_CHANNELS, 1] mask. EVEN_CHANNELS (the
+    block size divides the channel count): all, as a constant, which lets Triton move a
+    channels_last pixel's channels in 16-byte vectors (a run-time mask along the channels splits
+    them into scalar accesses)."""
+    if EVEN_CHANNELS:
+        return tl.full([BLOCK_CHANNELS, 1], 1, tl.int1)
+    else:
+        return (c < channels)[:, None]
+
+
+@triton.jit
 def _channel_fill(fill_ptr, c, channels, dtype):
     """The fill values of a block of channels, as a [BLOCK_CHANNELS, 1] column."""
     return tl.load(fill_ptr + c, mask=c < channels, other=0.0).to(dtype)[:, None]
@@ -297,6 +309,7 @@ def _forward_kernel(
     SOURCE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr,
     ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+    EVEN_CHANNELS: tl.constexpr,  # BLOCK_CHANNELS divides channels (_channels_in)
 ):
     # The output is contiguous or channels_last: pixel p of a channel is at p * out_s_pixel,
     # which lets Triton see contiguous pixels and vectorise the stores of a contiguous output.
@@ -320,7 +333,7 @@ def _forward_kernel(
     output_image = output_ptr + image.to(tl.int64) * out_sn
     for c_start in range(0, channels, BLOCK_CHANNELS):
         c = (c_start + tl.arange(0, BLOCK_CHANNELS)).to(index_dtype)
-        c_ok = (c < channels)[:, None]
+        c_ok = _channels_in(c, channels, BLOCK_CHANNELS, EVEN_CHANNELS)
         src = input_image + c[:, None] * in_sc
         if MODE == "nearest":
             value = tl.load(src + tap[None, :], mask=tap_ok[None, :] & c_ok, other=0.0).to(dtype)
@@ -360,6 +373,7 @@ def _backward_points(
     ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
     NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
     INDEX_DTYPE: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+    EVEN_CHANNELS: tl.constexpr,  # BLOCK_CHANNELS divides channels (_channels_in)
 ):
     """The backward pass of output pixels `pixels` of `image`, every channel: adds each tap's
     weight times grad_output into grad_input's accumulator (atomic adds) if NEED_INPUT_GRAD.
@@ -388,7 +402,7 @@ def _backward_points(
     grad_iy = tl.full([BLOCK_PIXELS], 0.0, dtype)
     for c_start in range(0, channels, BLOCK_CHANNELS):
         c = (c_start + tl.arange(0, BLOCK_CHANNELS)).to(INDEX_DTYPE)
-        c_ok = (c < channels)[:, None]
+        c_ok = _channels_in(c, channels, BLOCK_CHANNELS, EVEN_CHANNELS)
         g = tl.load(grad_output_image + c[:, None] * go_sc + go_offset[None, :],
                     mask=pixel_ok[None, :] & c_ok, other=0.0).to(dtype)
         if NEED_INPUT_GRAD:
@@ -482,6 +496,7 @@ def _backward_kernel(
     ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
     NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr, SKIP_GATHERED: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+    EVEN_CHANNELS: tl.constexpr,  # BLOCK_CHANNELS divides channels (_channels_in)
 ):
     """One program per (image, block of BLOCK_PIXELS output pixels): an image spread over the
     GPU. Theta's gradient as six partial sums per program, which the host sums. SKIP_GATHERED:
@@ -497,7 +512,7 @@ def _backward_kernel(
         image, pixels, pixel_ok, channels, in_h, in_w, out_h, out_w,
         go_sc, go_sh, go_sw, in_sc, in_sh, in_sw, gi_sc, gi_sh, gi_sw, co_sn, co_sh, co_sw, co_sc,
         SOURCE, MODE, PADDING, ALIGN_CORNERS, HAS_FILL, NEED_INPUT_GRAD, NEED_COORD_GRAD,
-        index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS)
+        index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS, EVEN_CHANNELS)
     if NEED_COORD_GRAD:
         if SOURCE == "affine":
             blocks_per_image = (out_h.to(index_dtype) * out_w + BLOCK_PIXELS - 1) // BLOCK_PIXELS
@@ -533,6 +548,7 @@ def _image_backward_kernel(
     ALIGN_CORNERS: tl.constexpr, HAS_FILL: tl.constexpr,
     NEED_INPUT_GRAD: tl.constexpr, NEED_COORD_GRAD: tl.constexpr, STAGED: tl.constexpr,
     INDEX_64: tl.constexpr, BLOCK_PIXELS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr,
+    EVEN_CHANNELS: tl.constexpr,  # BLOCK_CHANNELS divides channels (_channels_in)
     BLOCK_ELEMENTS: tl.constexpr,
 ):
     """One program per image, for small images (_image_programs_fit): the program zeroes its
@@ -563,7 +579,7 @@ def _image_backward_kernel(
             go_sc, go_sh, go_sw, in_sc, in_sh, in_sw, ac_sc, ac_sh, ac_sw,
             co_sn, co_sh, co_sw, co_sc,
             SOURCE, MODE, PADDING, ALIGN_CORNERS, HAS_FILL, NEED_INPUT_GRAD, NEED_COORD_GRAD,
-            index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS)
+            index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS, EVEN_CHANNELS)
         gx_bx, gx_by, gx, gy_bx, gy_by, gy = _add_theta_terms(
             gx_bx, gx_by, gx, gy_bx, gy_by, gy, grad_gx, grad_gy, base_x, base_y)
     if NEED_COORD_GRAD:
@@ -731,6 +747,7 @@ def _gather_backward_kernel(
     MODE: tl.constexpr, ALIGN_CORNERS: tl.constexpr, NEED_COORD_GRAD: tl.constexpr,
     TILE_W: tl.constexpr, TILE_H: tl.constexpr,  # a program's tile of input pixels
     BLOCK_CHANNELS: tl.constexpr,                # >= channels (at most _GATHER_MAX_CHANNELS)
+    EVEN_CHANNELS: tl.constexpr,                 # BLOCK_CHANNELS divides channels
 ):
     """One program per (image, tile of TILE_H x TILE_W input pixels), a lane per pixel: its
     grad_input in every channel, and the theta gradient of the output points it owns."""
@@ -758,7 +775,7 @@ def _gather_backward_kernel(
     span_h = _max(h1 - h0 + 1, axis=0)
 
     c = tl.arange(0, BLOCK_CHANNELS)
-    c_ok = (c < channels)[:, None]
+    c_ok = _channels_in(c, channels, BLOCK_CHANNELS, EVEN_CHANNELS)
     grad_output_image = grad_output_ptr + image.to(tl.int64) * go_sn
     input_image = input_ptr + image.to(tl.int64) * in_sn
     acc = tl.full([BLOCK_CHANNELS, TILE_W * TILE_H], 0.0, dtype)
@@ -944,7 +961,8 @@ def _sample_forward(input: torch.Tensor, coords: torch.Tensor, source: str, out_
             *coord_strides,
             SOURCE=source, MODE=mode, PADDING=padding_mode, ALIGN_CORNERS=align_corners,
             HAS_FILL=fill is not None, INDEX_64=_needs_int64(input, output, coords_arg),
-            BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
+            BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels,
+            EVEN_CHANNELS=channels % block_channels == 0, num_warps=_NUM_WARPS)
     return output
 
 
@@ -1031,7 +1049,8 @@ def _image_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torc
             NEED_COORD_GRAD=coord_grad_in_kernel, STAGED=staged,
             INDEX_64=_needs_int64(grad_output, input, acc_arg, grad_input_arg, coords_arg),
             BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels,
-            BLOCK_ELEMENTS=_TILE_ELEMENTS, num_warps=_NUM_WARPS)
+            EVEN_CHANNELS=channels % block_channels == 0, BLOCK_ELEMENTS=_TILE_ELEMENTS,
+            num_warps=_NUM_WARPS)
     return grad_input, grad_coords
 
 
@@ -1064,7 +1083,8 @@ def _launch_backward_blocks(grad_output: torch.Tensor, input: torch.Tensor,
             HAS_FILL=fill is not None, NEED_INPUT_GRAD=need_input_grad,
             NEED_COORD_GRAD=need_coord_grad, SKIP_GATHERED=gathered is not None,
             INDEX_64=_needs_int64(grad_output, input, grad_input_arg, coords_arg),
-            BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels, num_warps=_NUM_WARPS)
+            BLOCK_PIXELS=block_pixels, BLOCK_CHANNELS=block_channels,
+            EVEN_CHANNELS=channels % block_channels == 0, num_warps=_NUM_WARPS)
 
 
 def _gather_fits(grad_output: torch.Tensor, input: torch.Tensor, source: str, padding_mode: str,
@@ -1098,6 +1118,7 @@ def _gather_backward(grad_output: torch.Tensor, input: torch.Tensor, theta: torc
     tiles_per_image = triton.cdiv(in_h, _GATHER_TILE_H) * triton.cdiv(in_w, _GATHER_TILE_W)
     fallback_blocks = 0 if deterministic else triton.cdiv(out_h * out_w, block_sizes[0])
     partials_per_image = tiles_per_image + fallback_blocks
+    gather_channels = triton.next_power_of_2(channels)
     grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
     gathered = torch.empty(batch, dtype=torch.bool, device=input.device)
     partials = (torch.empty((batch, partials_per_image, 6), dtype=theta_arg.dtype,
@@ -1109,7 +1130,8 @@ def _gather_backward(grad_output: torch.Tensor, input: torch.Tensor, theta: torc
             *grad_output.stride(), *input.stride(), *grad_input.stride(), partials_per_image,
             MODE=mode, ALIGN_CORNERS=align_corners, NEED_COORD_GRAD=coord_grad_in_kernel,
             TILE_W=_GATHER_TILE_W, TILE_H=_GATHER_TILE_H,
-            BLOCK_CHANNELS=triton.next_power_of_2(channels), num_warps=_NUM_WARPS)
+            BLOCK_CHANNELS=gather_channels, EVEN_CHANNELS=channels == gather_channels,
+            num_warps=_NUM_WARPS)
     if deterministic:
         if not bool(gathered.all()):
             return None

@@ -10,6 +10,7 @@ TRITON_INTERPRET=1 before it imports stn_ext.triton_kernels, whatever pytest imp
 With a GPU the interpreter stays off (it would also swap the kernels of every other Triton user
 in the process) and the same tests run on CUDA tensors, plus a few too slow to interpret.
 """
+import json
 import math
 import os
 import subprocess
@@ -281,7 +282,8 @@ COMPILE_FOR_SM90 = textwrap.dedent("""
             ("affine", "fp64", "fp64", "nearest", "border", False, True, False,
              dict(in_sw=1, out_s_pixel=1, go_sw=1, gi_sw=1))]:
         options = dict(SOURCE=source, MODE=mode, PADDING=padding, ALIGN_CORNERS=aligned,
-                       INDEX_64=index_64, BLOCK_PIXELS=64, BLOCK_CHANNELS=4)
+                       INDEX_64=index_64, BLOCK_PIXELS=64, BLOCK_CHANNELS=4,
+                       EVEN_CHANNELS=False)
         compile(tk._forward_kernel,
                 {"input_ptr": "*" + data, "coords_ptr": "*" + compute, "output_ptr": "*" + data,
                  "fill_ptr": "*" + compute},
@@ -304,13 +306,75 @@ COMPILE_FOR_SM90 = textwrap.dedent("""
                      "partials_ptr": "*" + compute, "gathered_ptr": "*i1"},
                     dict(MODE=mode, ALIGN_CORNERS=aligned, NEED_COORD_GRAD=mode == "bilinear",
                          TILE_W=tk._GATHER_TILE_W, TILE_H=tk._GATHER_TILE_H, BLOCK_CHANNELS=4,
+                         EVEN_CHANNELS=False,
                          **{k: v for k, v in unit_strides.items()
                             if k in tk._gather_backward_kernel.arg_names}))
         compile(tk._stencil_kernel,
                 {"coords_ptr": "*" + compute, "tap_index_ptr": "*i64",
                  "tap_weight_ptr": "*" + compute},
-                {k: v for k, v in options.items() if k != "BLOCK_CHANNELS"})
+                {k: v for k, v in options.items() if "CHANNELS" not in k})
 """)
+
+
+# Compiles the forward and backward kernels for an H100 as the JIT specialises them for a
+# channels_last bfloat16 input of 64 channels (unit channel strides as constants; pointers and
+# the other strides, multiples of 16, marked divisible by 16) and counts the PTX's global
+# accesses of 16 bytes (v4.b32: 8 bfloat16, or 4 float32 atomic adds) and of one bfloat16.
+CHANNELS_LAST_VECTORS = textwrap.dedent("""
+    import json, re
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from stn_ext import triton_kernels as tk
+
+    def accesses(kernel, pointer_types, unit_strides):
+        constexprs = dict(SOURCE="affine", MODE="bilinear", PADDING="zeros", ALIGN_CORNERS=False,
+                          HAS_FILL=False, INDEX_64=False, BLOCK_PIXELS=64, BLOCK_CHANNELS=16,
+                          EVEN_CHANNELS=True, **{k: 1 for k in unit_strides})
+        if kernel is tk._backward_kernel:
+            constexprs.update(NEED_INPUT_GRAD=True, NEED_COORD_GRAD=True, SKIP_GATHERED=False)
+        signature = {name: pointer_types.get(name, "*fp32") if name.endswith("_ptr")
+                     else "constexpr" if name in constexprs else "i32"
+                     for name in kernel.arg_names}
+        divisible = [i for i, name in enumerate(kernel.arg_names) if name not in constexprs
+                     and (name.endswith("_ptr") or re.search("_s(n|h|w|_pixel)$", name))]
+        compiled = triton.compile(
+            ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
+                      attrs={(i,): [["tt.divisibility", 16]] for i in divisible}),
+            target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        ptx = compiled.asm["ptx"]
+        return {kind: len(re.findall(pattern, ptx)) for kind, pattern in [
+            ("vector loads", r"ld\\.global(\\.\\w+)*\\.v4\\.b32"),
+            ("vector stores", r"st\\.global(\\.\\w+)*\\.v4\\.b32"),
+            ("vector atomics", r"atom\\.global(\\.\\w+)*\\.v4\\.f32"),
+            ("bfloat16 loads", r"ld\\.global(\\.\\w+)*\\.b16 "),
+            ("bfloat16 stores", r"st\\.global(\\.\\w+)*\\.b16 ")]}
+
+    print(json.dumps({
+        "forward": accesses(tk._forward_kernel, {"input_ptr": "*bf16", "output_ptr": "*bf16"},
+                            ["in_sc", "out_sc"]),
+        "backward": accesses(tk._backward_kernel,
+                             {"grad_output_ptr": "*bf16", "input_ptr": "*bf16",
+                              "gathered_ptr": "*i1"}, ["go_sc", "in_sc", "gi_sc"])}))
+""")
+
+
+def test_channels_last_moves_16_byte_vectors():
+    """With the channel block dividing the channels (EVEN_CHANNELS), a channels_last pixel's
+    channels move as 16-byte vectors: the forward's loads and stores, the backward's loads of
+    grad_output and input and its atomic adds into the float32 accumulator (the design point of
+    the CUDA kernels' lanes across channels). With a run-time channel mask they were single
+    bfloat16 accesses."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", CHANNELS_LAST_VECTORS], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    forward, backward = counts["forward"], counts["backward"]
+    assert forward["vector loads"] > 0 and forward["vector stores"] > 0, counts
+    assert forward["bfloat16 loads"] == 0 and forward["bfloat16 stores"] == 0, counts
+    assert backward["vector loads"] > 0 and backward["vector atomics"] > 0, counts
+    assert backward["bfloat16 loads"] == 0, counts
 
 
 def test_kernels_compile_for_sm90():
