@@ -493,22 +493,31 @@ C10_ALWAYS_INLINE T separable_sum(const scalar_t* plane, const PointAxes<kDim, k
 template <int kDim, int kAxisTaps, typename T, typename scalar_t>
 constexpr bool kHasAxisVectors = kDim == 2 && kAxisTaps == 4 && std::is_same_v<T, scalar_t>;
 
-template <typename T>
+// (kLanes 2: a linear stencil's two x taps, see kHasTapPairs.)
+template <typename T, int kLanes = 4>
 struct AxisVector {
-  typedef T Type __attribute__((vector_size(4 * sizeof(T))));
+  typedef T Type __attribute__((vector_size(kLanes * sizeof(T))));
   // A Type as it lies in a plane: aligned as T only, and aliasing it.
-  typedef T InPlane __attribute__((vector_size(4 * sizeof(T)), aligned(alignof(T)), may_alias));
+  typedef T InPlane
+      __attribute__((vector_size(kLanes * sizeof(T)), aligned(alignof(T)), may_alias));
 };
 
-// The four adjacent taps at p as one vector, and back.
-template <typename T>
-C10_ALWAYS_INLINE typename AxisVector<T>::Type load_axis_vector(const T* p) {
-  return *reinterpret_cast<const typename AxisVector<T>::InPlane*>(p);
+// The kLanes adjacent taps at p as one vector, and back.
+template <int kLanes = 4, typename T>
+C10_ALWAYS_INLINE typename AxisVector<T, kLanes>::Type load_axis_vector(const T* p) {
+  return *reinterpret_cast<const typename AxisVector<T, kLanes>::InPlane*>(p);
 }
 template <typename T>
 C10_ALWAYS_INLINE void store_axis_vector(T* p, typename AxisVector<T>::Type v) {
   *reinterpret_cast<typename AxisVector<T>::InPlane*>(p) = v;
 }
+
+// Whether a backward kernel reads a point's taps in x-neighbour pairs where every tap is inside
+// and the input's x stride is 1: a linear stencil (taps k and k + 1, k even, differ in x alone,
+// x fastest), summed tap by tap, on float or double planes. Then one two-element load and one
+// multiply-add serve two taps of the coordinate gradient's sums (the same terms).
+template <int kAxisTaps, bool kSeparable, typename T, typename scalar_t>
+constexpr bool kHasTapPairs = kAxisTaps == 2 && !kSeparable && std::is_same_v<T, scalar_t>;
 
 // Whether point p's x taps are adjacent in memory (unit x stride; not clipped onto one another
 // by border or reflection padding).
@@ -749,6 +758,8 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   // Whether points whose rows of taps are vectors in memory take scatter_axis_vectors.
   constexpr bool kAxisVectors =
       kHasAxisVectors<kDim, Row::kAxisTaps, T, scalar_t> && std::is_same_v<grad_in_t, T>;
+  constexpr bool kTapPairs = kHasTapPairs<Row::kAxisTaps, kSeparable, T, scalar_t>;
+  using TapPair = typename AxisVector<T, 2>::Type;
 
   at::parallel_for(0, input.size(0), 1, [&](int64_t begin, int64_t end) {
     Row row(width);
@@ -814,6 +825,9 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                   d_w[k][a] = tap_derivatives ? d_weight[(k * kDim + a) * width + w] : T(0);
                 }
               }
+              const bool tap_pairs =
+                  kTapPairs && coordinate_work && mask == Row::kAllInside && in.stride[0] == 1;
+              TapPair pair_sum[kTapPairs ? Row::kTaps / 2 : 1] = {};
               for (int64_t c = 0; c < channels; ++c) {
                 const T g = T(g_ptr[c * gout.c_stride]);
                 if (gin_image != nullptr) {
@@ -830,6 +844,15 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                     }
                   }
                 }
+                if constexpr (kTapPairs) {
+                  if (tap_pairs) {
+                    const scalar_t* plane = in_image + c * in.c_stride;
+                    for (int k = 0; k < Row::kTaps; k += 2) {
+                      pair_sum[k / 2] += g * load_axis_vector<2>(plane + in_offset[k]);
+                    }
+                    continue;
+                  }
+                }
                 if (coordinate_work) {
                   const scalar_t* plane = in_image + c * in.c_stride;
                   const T outside_value = has_fill ? fill[c] : T(0);
@@ -843,6 +866,7 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
                   }
                 }
               }
+              if (tap_pairs) std::memcpy(tap_sum, pair_sum, sizeof(tap_sum));
             }
             if (coordinate_work) {
               if constexpr (kSeparable) {
