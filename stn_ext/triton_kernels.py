@@ -1102,16 +1102,15 @@ def _gather_fits(grad_output: torch.Tensor, input: torch.Tensor, source: str, pa
                      and torch.cuda.is_current_stream_capturing()))
 
 
-def _gather_backward(grad_output: torch.Tensor, input: torch.Tensor, theta: torch.Tensor,
-                     theta_arg: torch.Tensor, coord_strides, block_sizes: Tuple[int, int],
-                     mode: str, align_corners: bool, need_coord_grad: bool,
+def _gather_backward(grad_output: torch.Tensor, input: torch.Tensor, theta_arg: torch.Tensor,
+                     coord_strides, block_sizes: Tuple[int, int], mode: str, align_corners: bool,
                      coord_grad_in_kernel: bool) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """The backward pass by _gather_backward_kernel (_gather_fits), with _backward_kernel as
-    the fallback for the images it leaves, and theta's gradient from both kernels' partials;
-    gradients as _sample_backward returns them. Under torch.use_deterministic_algorithms the
-    fallback's atomics would not do: the host reads the flags instead (one sync) and returns
-    None unless every image was gathered, for _sample_backward's deterministic path to redo
-    the call."""
+    the fallback for the images it leaves: grad_input and theta's partials from both kernels
+    (N, programs, 6; none for nearest), for _backward_gradients. Under
+    torch.use_deterministic_algorithms the fallback's atomics would not do: the host reads the
+    flags instead (one sync) and returns None unless every image was gathered, for
+    _sample_backward's deterministic path to redo the call."""
     batch, channels, in_h, in_w = input.shape
     out_h, out_w = grad_output.shape[2:]
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -1121,11 +1120,13 @@ def _gather_backward(grad_output: torch.Tensor, input: torch.Tensor, theta: torc
     gather_channels = triton.next_power_of_2(channels)
     grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
     gathered = torch.empty(batch, dtype=torch.bool, device=input.device)
-    partials = (torch.empty((batch, partials_per_image, 6), dtype=theta_arg.dtype,
-                            device=input.device) if coord_grad_in_kernel else theta_arg)
+    partials = torch.empty((batch, partials_per_image if coord_grad_in_kernel else 0, 6),
+                           dtype=theta_arg.dtype, device=input.device)
+    # Outputs not asked for get a stand-in pointer that the kernels never touch.
+    partials_arg = partials if coord_grad_in_kernel else theta_arg
     with _device_of(input):
         _gather_backward_kernel[(batch * tiles_per_image,)](
-            grad_output, input, theta_arg, grad_input, partials, gathered,
+            grad_output, input, theta_arg, grad_input, partials_arg, gathered,
             channels, in_h, in_w, out_h, out_w,
             *grad_output.stride(), *input.stride(), *grad_input.stride(), partials_per_image,
             MODE=mode, ALIGN_CORNERS=align_corners, NEED_COORD_GRAD=coord_grad_in_kernel,
@@ -1137,16 +1138,27 @@ def _gather_backward(grad_output: torch.Tensor, input: torch.Tensor, theta: torc
             return None
     else:
         _launch_backward_blocks(grad_output, input, theta_arg, coord_strides, grad_input,
-                                partials, block_sizes, "affine", mode, "zeros", align_corners,
-                                True, coord_grad_in_kernel, None, gathered, partials_per_image,
-                                tiles_per_image)
-    if coord_grad_in_kernel:
-        grad_theta = partials.sum(1).view(batch, 2, 3).to(theta.dtype)
-    elif need_coord_grad:  # nearest: zero
-        grad_theta = torch.zeros((batch, 2, 3), dtype=theta.dtype, device=input.device)
+                                partials_arg, block_sizes, "affine", mode, "zeros",
+                                align_corners, True, coord_grad_in_kernel, None, gathered,
+                                partials_per_image, tiles_per_image)
+    return grad_input, partials
+
+
+def _backward_gradients(grad_input: torch.Tensor, coord_grad: torch.Tensor, input: torch.Tensor,
+                        coords: torch.Tensor, source: str,
+                        need_coord_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The gradients as _sample_backward returns them, from what the kernels wrote: grad_input
+    in the input's dtype (and layout); theta's gradient summed from its partials (N, programs,
+    6) in a fixed order, or grad_grid, in the coordinates' dtype; an empty tensor for a
+    gradient not asked for."""
+    grad_input = grad_input.to(input.dtype)  # keeps the layout
+    if not need_coord_grad:
+        grad_coords = coords.new_empty(0)
+    elif source == "affine":
+        grad_coords = coord_grad.sum(1).view(input.shape[0], 2, 3).to(coords.dtype)
     else:
-        grad_theta = theta.new_empty(0)
-    return grad_input, grad_theta
+        grad_coords = coord_grad.to(coords.dtype)
+    return grad_input, grad_coords
 
 
 def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: torch.Tensor,
@@ -1174,11 +1186,11 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
                                align_corners, need_input_grad, need_coord_grad,
                                coord_grad_in_kernel, fill)
     if _gather_fits(grad_output, input, source, padding_mode, need_input_grad, fill):
-        gathered = _gather_backward(grad_output, input, coords, coords_arg, coord_strides,
+        gathered = _gather_backward(grad_output, input, coords_arg, coord_strides,
                                     (block_pixels, block_channels), mode, align_corners,
-                                    need_coord_grad, coord_grad_in_kernel)
+                                    coord_grad_in_kernel)
         if gathered is not None:
-            return gathered
+            return _backward_gradients(*gathered, input, coords, source, need_coord_grad)
     blocks_per_image = triton.cdiv(out_h * out_w, block_pixels)
     deterministic_input_grad = (need_input_grad and not empty
                                 and torch.are_deterministic_algorithms_enabled())
@@ -1205,14 +1217,7 @@ def _sample_backward(grad_output: torch.Tensor, input: torch.Tensor, coords: tor
         grad_input = _deterministic_input_grad(grad_output, input, coords_arg, coord_strides,
                                                source, mode, padding_mode, align_corners)
 
-    grad_input = grad_input.to(input.dtype)  # keeps the layout
-    if not need_coord_grad:
-        grad_coords = coords.new_empty(0)
-    elif source == "affine":
-        grad_coords = coord_grad.sum(1).view(batch, 2, 3).to(coords.dtype)
-    else:
-        grad_coords = coord_grad.to(coords.dtype)
-    return grad_input, grad_coords
+    return _backward_gradients(grad_input, coord_grad, input, coords, source, need_coord_grad)
 
 
 def affine_grid_sample_forward(input: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int,

@@ -395,9 +395,9 @@ def test_backward_program_layouts(device, dtype, config, programs, monkeypatch):
     """Both scattering backward kernels against the references: one program per small image
     (_image_backward_kernel, the path of the other tests' small shapes) and, forced here, one
     per block of pixels (_backward_kernel, the path of large images that the gather does not
-    take: test_gather_backward). The per-image path
-    runs no zero-fill and no reduction of partials (casts are not checked here: the interpreter
-    copies every argument, and a same-dtype .to() is recorded though it launches nothing)."""
+    take: test_gather_backward). The per-image path runs no zero-fill and no reduction of
+    partials (casts are not checked here: the interpreter copies every argument, and a
+    same-dtype .to() is recorded though it launches nothing)."""
     if programs == "per-block":
         monkeypatch.setattr(triton_kernels, "_IMAGE_PROGRAM_MAX_POINTS", 0)
         monkeypatch.setattr(triton_kernels, "_GATHER_MAX_CHANNELS", 0)
