@@ -419,6 +419,48 @@ def test_rows_apart_bitwise(backend, mode):
     assert_close(together[2], rgg, torch.float32, "grad grid", scale=max_abs(rgg))
 
 
+def lane_group_grid(out_size, dtype, device):
+    """Affine maps, one per image, whose runs of 8 neighbouring output points read their taps
+    in each way the CPU kernels' lane groups know (csrc/cpu/affine_grid_sample_cpu.cpp): within
+    8 input columns and 1 or 2 rows, within 16 columns, beyond, mirrored, partly outside; the
+    last rows' windows would pass the plane's end, and rows end in part groups."""
+    turn = torch.tensor(0.25, dtype=torch.float64)
+    thetas = torch.tensor([
+        [[1.0, 0.0, 0.02], [0.0, 1.0, 0.03]],  # near identity: 8 columns, 1 or 2 rows
+        [[turn.cos(), -turn.sin(), 0.0], [turn.sin(), turn.cos(), 0.0]],  # turned: 2 rows
+        [[1.8, 0.0, 0.1], [0.0, 1.0, 0.0]],  # stretched: 16 columns
+        [[3.5, 0.0, 0.0], [0.0, 1.0, 0.0]],  # beyond 16 columns
+        [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # mirrored
+        [[1.6, 0.2, 0.0], [-0.1, 1.5, 0.0]],  # zoomed out: taps outside
+    ], dtype=torch.float64)
+    grid = F.affine_grid(thetas, (len(thetas), 1, *out_size), align_corners=False)
+    return grid.to(device, dtype)
+
+
+def test_point_results_do_not_depend_on_neighbours(backend):
+    """Each point's output and grid gradient are the same bits whatever points surround it (the
+    CPU kernels take 8 neighbouring points at a time, from windows of the input rows or by
+    gathers, with the same arithmetic): the grid's points without its first column give bit
+    for bit the rest of its results. And every way the lane groups read taps matches PyTorch."""
+    x = random_input((6, 5, 20, 37), seed=seed_of("lanes"), dtype=torch.float32,
+                     device=backend.device).requires_grad_()
+    grid = lane_group_grid((30, 45), torch.float32, backend.device).requires_grad_()
+    go = random_input((6, 5, 30, 45), seed=seed_of("lanes", "go"), dtype=torch.float32,
+                      device=backend.device)
+    shifted = grid.detach()[:, :, 1:].requires_grad_()
+    args = dict(mode="bilinear", padding_mode="zeros", align_corners=False)
+    out, gx, gg = grads(lambda x, g: backend.grid_sample(x, g, **args), x, grid, go)
+    out_shifted, _, gg_shifted = grads(lambda x, g: backend.grid_sample(x, g, **args), x,
+                                       shifted, go[..., 1:])
+    assert torch.equal(out[..., 1:], out_shifted)
+    assert torch.equal(gg[:, :, 1:], gg_shifted)
+    _, rgx, rgg = grads(lambda x, g: reference(x, g, **args), x, grid, go)
+    ref = reference(x.detach().double(), grid.detach().double(), **args)
+    assert_close(out, ref, torch.float32, "output")
+    assert_close(gx, rgx, torch.float32, "grad input", scale=max_abs(rgx))
+    assert_close(gg, rgg, torch.float32, "grad grid", scale=max_abs(rgg))
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_empty(backend, dims):
     shape, size = SHAPES[dims]["odd"]

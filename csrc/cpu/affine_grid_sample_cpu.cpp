@@ -19,6 +19,14 @@
 #include <type_traits>
 #include <vector>
 
+// AVX2 and FMA (the x86-64-v3 builds of setup.py): bilinear float rows take 8 points at a time
+// in the forward gather and the backward pass's coordinate gradient (lane groups, see
+// LaneGroup).
+#if defined(__AVX2__) && defined(__FMA__)
+#define STN_EXT_LANE_GROUPS 1
+#include <immintrin.h>
+#endif
+
 #include "../affine_grid_sample.h"
 #include "huge_pages.h"
 #include "row_kernels.h"
@@ -348,6 +356,248 @@ void gather_row_block(const RowSamples<T>& r, int64_t channels, const scalar_t* 
   }
 }
 
+#ifdef STN_EXT_LANE_GROUPS
+// Bilinear float rows with unit x stride, 8 neighbouring points of a row (a lane group) at a
+// time in AVX2 vectors of 8 lanes: the forward gather (gather_row_lanes) and the backward
+// pass's coordinate gradient (add_coordinate_gradient_lanes). In each plane a group's four taps
+// are four vectors, zero where a tap is outside, from one of two sources:
+// - windows (LaneWindows): where the group's x0 lie within 16 columns and its y0 within 2 rows
+//   (most groups of an affine map or a smooth grid), each tap is a permutation of the lanes of
+//   unaligned 8-column loads of the input rows;
+// - gathers (LaneGathers): otherwise, one masked gather per tap.
+// The arithmetic is the same for every lane whichever source served it, so a point's results
+// never depend on its neighbours. (Gathers for every group would be no faster than the
+// per-point loops of gather_row and backward_row: the windows are what gains.)
+
+// Where lane groups may read in an input plane: tap offsets y * row_stride + x in 32 bits, and
+// window loads inside [0, last] (so inside the tensor, whatever its strides).
+struct LanePlanes {
+  int32_t row_stride;
+  int64_t last;  // offset of the plane's last element
+
+  // Whether lane groups serve an input of geometry `in`: unit x stride, and every tap offset
+  // of a point not far outside (x0 and y0 in [-2, size], see move_far_points) fits in 32 bits.
+  static std::optional<LanePlanes> of(const Geometry& in) {
+    if (in.sw != 1 || (in.h + 2) * in.sh + in.w + 2 > std::numeric_limits<int32_t>::max()) {
+      return std::nullopt;
+    }
+    return LanePlanes{static_cast<int32_t>(in.sh), (in.h - 1) * in.sh + in.w - 1};
+  }
+};
+
+// The resolved points of the lane group at point w of a row; lanes past the row's end have no
+// tap inside.
+struct LaneGroup {
+  int lanes;  // 8, or fewer at the row's end
+  __m256i x0, y0, inside;
+  __m256 west, east, north, south;
+  __m256 tap_inside[4];  // per tap (x fastest): all ones in the lanes where it is inside
+
+  LaneGroup(const RowSamples<float>& r, int64_t w)
+      : lanes(static_cast<int>(std::min<int64_t>(8, r.width - w))) {
+    if (lanes == 8) {
+      x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.x0.data() + w));
+      y0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.y0.data() + w));
+      inside = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.inside.data() + w));
+      west = _mm256_loadu_ps(r.west.data() + w);
+      east = _mm256_loadu_ps(r.east.data() + w);
+      north = _mm256_loadu_ps(r.north.data() + w);
+      south = _mm256_loadu_ps(r.south.data() + w);
+    } else {
+      const __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      x0 = _mm256_maskload_epi32(r.x0.data() + w, in_row);
+      y0 = _mm256_maskload_epi32(r.y0.data() + w, in_row);
+      inside = _mm256_maskload_epi32(r.inside.data() + w, in_row);
+      west = _mm256_maskload_ps(r.west.data() + w, in_row);
+      east = _mm256_maskload_ps(r.east.data() + w, in_row);
+      north = _mm256_maskload_ps(r.north.data() + w, in_row);
+      south = _mm256_maskload_ps(r.south.data() + w, in_row);
+    }
+    for (int k = 0; k < 4; ++k) {
+      const __m256i bit = _mm256_set1_epi32(1 << k);
+      tap_inside[k] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(inside, bit), bit));
+    }
+  }
+
+  // Each lane's bilinear sample from its taps (v00, v01, v10, v11): each tap column blended
+  // across the rows, then the columns.
+  __m256 blend(const __m256 v[4]) const {
+    const __m256 west_column = _mm256_fmadd_ps(north, v[0], _mm256_mul_ps(south, v[2]));
+    const __m256 east_column = _mm256_fmadd_ps(north, v[1], _mm256_mul_ps(south, v[3]));
+    return _mm256_fmadd_ps(west, west_column, _mm256_mul_ps(east, east_column));
+  }
+};
+
+// The windows source: a group's taps in the rows from its lowest y0 (the first row) and
+// columns from its lowest x0 (the first column), 8 columns at a time (kWide: 16).
+struct LaneWindows {
+  bool serves;         // whether the group's points fit the windows (the rest is unset if not)
+  bool wide;           // whether any lane's column is 8 or more
+  int64_t first;       // plane offset of the first row and column
+  int64_t third_row;   // offset of the row the second row's south taps read (the second row
+                       // itself where no lane is in it: then nothing reads it)
+  __m256i column;      // each lane's x0 - first column: its west tap's lane in a window
+  __m256 second_row;   // all ones in the lanes whose y0 is the second row
+  __m256 high;         // all ones in the lanes whose column is 8 or more
+
+  LaneWindows(const LaneGroup& g, const LanePlanes& planes) : serves(false) {
+    if (g.lanes != 8) return;
+    // The lowest x0 and y0: at one of the group's ends, where they are monotonic.
+    alignas(32) int32_t x0[8], y0[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(x0), g.x0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(y0), g.y0);
+    const int32_t x_first = std::min(x0[0], x0[7]), y_first = std::min(y0[0], y0[7]);
+    column = _mm256_sub_epi32(g.x0, _mm256_set1_epi32(x_first));
+    const __m256i row = _mm256_sub_epi32(g.y0, _mm256_set1_epi32(y_first));
+    // Columns in [0, 15], rows in [0, 1]: no bit beyond.
+    const __m256i beyond = _mm256_or_si256(_mm256_andnot_si256(_mm256_set1_epi32(15), column),
+                                           _mm256_andnot_si256(_mm256_set1_epi32(1), row));
+    if (!_mm256_testz_si256(beyond, beyond)) return;
+    wide = !_mm256_testz_si256(column, _mm256_set1_epi32(8));
+    first = int64_t(y_first) * planes.row_stride + x_first;
+    third_row = (_mm256_testz_si256(row, row) ? 1 : 2) * int64_t(planes.row_stride);
+    // The last load's last column: the east taps' (one column on) in the last row read.
+    const int64_t end = first + third_row + (wide ? 16 : 8);
+    serves = first >= 0 && end <= planes.last;
+    second_row = _mm256_castsi256_ps(_mm256_cmpgt_epi32(row, _mm256_setzero_si256()));
+    high = _mm256_castsi256_ps(_mm256_cmpgt_epi32(column, _mm256_set1_epi32(7)));
+  }
+
+  // The group's taps in the plane at `plane` (row stride sh) to v.
+  template <bool kWide>
+  C10_ALWAYS_INLINE void taps(const LaneGroup& g, const float* plane, int64_t sh,
+                              __m256 v[4]) const {
+    const float* p = plane + first;
+    // Each lane's tap in the row and column at offset `at` from its own (west taps at 0, east
+    // taps at 1). vpermps reads an index's low 3 bits: column - 8 in the next 8 columns.
+    const auto tap = [&](int64_t at) {
+      const __m256 low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + at), column);
+      if constexpr (!kWide) return low;
+      return _mm256_blendv_ps(low, _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + at + 8), column),
+                              high);
+    };
+    const __m256 second_west = tap(sh), second_east = tap(sh + 1);
+    v[0] = _mm256_blendv_ps(tap(0), second_west, second_row);
+    v[1] = _mm256_blendv_ps(tap(1), second_east, second_row);
+    v[2] = _mm256_blendv_ps(second_west, tap(third_row), second_row);
+    v[3] = _mm256_blendv_ps(second_east, tap(third_row + 1), second_row);
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_and_ps(v[k], g.tap_inside[k]);
+  }
+};
+
+// The gathers source: each tap's plane offset.
+struct LaneGathers {
+  __m256i offset[4];
+
+  LaneGathers(const LaneGroup& g, const LanePlanes& planes) {
+    const __m256i sh = _mm256_set1_epi32(planes.row_stride), one = _mm256_set1_epi32(1);
+    offset[0] = _mm256_add_epi32(_mm256_mullo_epi32(g.y0, sh), g.x0);
+    offset[1] = _mm256_add_epi32(offset[0], one);
+    offset[2] = _mm256_add_epi32(offset[0], sh);
+    offset[3] = _mm256_add_epi32(offset[2], one);
+  }
+  C10_ALWAYS_INLINE void taps(const LaneGroup& g, const float* plane, __m256 v[4]) const {
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), plane, offset[k], g.tap_inside[k], 4);
+    }
+  }
+};
+
+// Calls body(w, group, taps) for each lane group of row r (from point w), where
+// taps(plane, v) writes the group's four taps in an input plane to v: body is instantiated
+// once per tap source, so that its channel loop has no branch on the source.
+template <typename Body>
+C10_ALWAYS_INLINE void for_each_lane_group(const RowSamples<float>& r, const LanePlanes& planes,
+                                           Body body) {
+  const int64_t sh = planes.row_stride;
+  for (int64_t w = 0; w < r.width; w += 8) {
+    const LaneGroup g(r, w);
+    const LaneWindows windows(g, planes);
+    if (windows.serves && windows.wide) {
+      body(w, g, [&](const float* plane, __m256 v[4]) { windows.taps<true>(g, plane, sh, v); });
+    } else if (windows.serves) {
+      body(w, g, [&](const float* plane, __m256 v[4]) { windows.taps<false>(g, plane, sh, v); });
+    } else {
+      const LaneGathers gathers(g, planes);
+      body(w, g, [&](const float* plane, __m256 v[4]) { gathers.taps(g, plane, v); });
+    }
+  }
+}
+
+// gather_row of bilinear float rows with unit x stride, by lane groups, into output rows
+// with unit x stride: the samples of each channel of a block (planes src + c * src_sc) stored
+// to dst + c * dst_sc.
+void gather_row_lanes(const RowSamples<float>& r, const LanePlanes& planes, int64_t channels,
+                      const float* src, int64_t src_sc, float* dst, int64_t dst_sc) {
+  for_each_lane_group(r, planes, [&](int64_t w, const LaneGroup& g, auto taps) {
+    for (int64_t c = 0; c < channels; ++c) {
+      __m256 v[4];
+      taps(src + c * src_sc, v);
+      const __m256 out = g.blend(v);
+      float* d = dst + c * dst_sc + w;
+      if (g.lanes == 8) {
+        _mm256_storeu_ps(d, out);
+      } else {
+        alignas(32) float lane[8];
+        _mm256_store_ps(lane, out);
+        std::copy(lane, lane + g.lanes, d);
+      }
+    }
+  });
+}
+
+// The backward pass's coordinate gradient along a row for a block of channels (planes
+// input + c * input_sc), by lane groups: adds to g_ix[w], g_iy[w] the sum over the channels of
+// grad_output (grad_output + c * grad_output_sc + w * grad_output_sw) times d(sample)/d(ix, iy),
+// as backward_row does. (A point with no tap inside adds zero, or NaN where grad_output is not
+// finite: the coordinate sources' add_row_gradient ignore such points.)
+void add_coordinate_gradient_lanes(const RowSamples<float>& r, const LanePlanes& planes,
+                                   int64_t channels, const float* input, int64_t input_sc,
+                                   const float* grad_output, int64_t grad_output_sc,
+                                   int64_t grad_output_sw, float* g_ix, float* g_iy) {
+  for_each_lane_group(r, planes, [&](int64_t w, const LaneGroup& g, auto taps) {
+    const bool whole = g.lanes == 8 && grad_output_sw == 1;  // grad_output lanes as one load
+    // Over the channels, grad_output times the tap differences of bilinear_coord_grad
+    // (v01 - v00, v11 - v10, v10 - v00, v11 - v01), whose weights are the same for every
+    // channel: applied once, after the loop.
+    __m256 sum[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    const float* go = grad_output + w * grad_output_sw;
+    for (int64_t c = 0; c < channels; ++c, go += grad_output_sc) {
+      __m256 v[4];
+      taps(input + c * input_sc, v);
+      __m256 gc;
+      if (whole) {
+        gc = _mm256_loadu_ps(go);
+      } else {
+        alignas(32) float lane[8] = {};
+        for (int l = 0; l < g.lanes; ++l) lane[l] = go[l * grad_output_sw];
+        gc = _mm256_load_ps(lane);
+      }
+      sum[0] = _mm256_fmadd_ps(gc, _mm256_sub_ps(v[1], v[0]), sum[0]);
+      sum[1] = _mm256_fmadd_ps(gc, _mm256_sub_ps(v[3], v[2]), sum[1]);
+      sum[2] = _mm256_fmadd_ps(gc, _mm256_sub_ps(v[2], v[0]), sum[2]);
+      sum[3] = _mm256_fmadd_ps(gc, _mm256_sub_ps(v[3], v[1]), sum[3]);
+    }
+    const __m256 d_ix = _mm256_fmadd_ps(g.north, sum[0], _mm256_mul_ps(g.south, sum[1]));
+    const __m256 d_iy = _mm256_fmadd_ps(g.west, sum[2], _mm256_mul_ps(g.east, sum[3]));
+    if (g.lanes == 8) {
+      _mm256_storeu_ps(g_ix + w, _mm256_add_ps(_mm256_loadu_ps(g_ix + w), d_ix));
+      _mm256_storeu_ps(g_iy + w, _mm256_add_ps(_mm256_loadu_ps(g_iy + w), d_iy));
+    } else {
+      alignas(32) float lane_ix[8], lane_iy[8];
+      _mm256_store_ps(lane_ix, d_ix);
+      _mm256_store_ps(lane_iy, d_iy);
+      for (int l = 0; l < g.lanes; ++l) {
+        g_ix[w + l] += lane_ix[l];
+        g_iy[w + l] += lane_iy[l];
+      }
+    }
+  });
+}
+#endif  // STN_EXT_LANE_GROUPS
+
 // The row's theta gradient from its pixels' coordinate gradients (summed over the channels),
 // added to tg. base_y is the same for the whole row, so the row needs four sums, not six; the
 // simd reduction lets them vectorise (in a fixed order, so the result stays deterministic).
@@ -507,6 +757,9 @@ void forward_kernel(const at::Tensor& input, const Source& source, const at::Ten
   const scalar_t* in_ptr = input.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = output.mutable_data_ptr<scalar_t>();
   const TapDeltas delta(in);
+#ifdef STN_EXT_LANE_GROUPS
+  const std::optional<LanePlanes> lane_planes = LanePlanes::of(in);
+#endif
   const int64_t block = channel_block(in);
   // Enough rows per task to amortise scheduling on small images.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out.w * out.c));
@@ -524,6 +777,14 @@ void forward_kernel(const at::Tensor& input, const Source& source, const at::Ten
         const scalar_t* src = in_ptr + n * in.sn + c * in.sc;
         scalar_t* dst = out_ptr + n * out.sn + c * out.sc + h * out.sh;
         if constexpr (kHasTapVectors<kTaps, scalar_t>) {
+#ifdef STN_EXT_LANE_GROUPS
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (lane_planes && out.sw == 1) {
+              gather_row_lanes(row, *lane_planes, channels, src, in.sc, dst, out.sc);
+              continue;
+            }
+          }
+#endif
           if (in.sw == 1) {
             gather_row_block<kTaps, true>(row, channels, src, in.sc, delta, dst, out.sc, out.sw);
             continue;
@@ -737,6 +998,9 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   // grad_input takes input's memory format, so this holds unless input has unusual strides.
   const bool same_layout = kGradInput && gin.sc == in.sc && gin.sh == in.sh && gin.sw == in.sw;
   const bool tap_vectors = in.sw == 1 && (same_layout || !kGradInput);
+#ifdef STN_EXT_LANE_GROUPS
+  const std::optional<LanePlanes> lane_planes = LanePlanes::of(in);
+#endif
 
   at::parallel_for(0, in.n * groups, 1, [&](int64_t begin, int64_t end) {
     RowSamples<T> row(gout.w);
@@ -761,32 +1025,52 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
               std::min(block, c_end - c), in_ptr + n * in.sn + c * in.sc, in.sc,
               gout_ptr + n * gout.sn + c * gout.sc + h * gout.sh, gout.sc, gout.sw,
               kGradInput ? grad_in_ptr + n * gin.sn + c * gin.sc : nullptr, gin.sc};
-          const auto run = [&](auto same_layout, auto tap_vectors, auto channels) {
-            backward_row<kGradInput, kGradCoordinates, kTaps, decltype(same_layout)::value,
-                         decltype(tap_vectors)::value, decltype(channels)::value>(
-                row, planes, gin_origin.data(), in_delta, gin_delta, source.row_points,
-                g_ix.data(), g_iy.data());
+          // coordinates: whether backward_row adds the coordinate gradient (kGradCoordinates,
+          // unless lane groups do).
+          const auto run = [&](auto same_layout, auto tap_vectors, auto channels,
+                               auto coordinates) {
+            backward_row<kGradInput, decltype(coordinates)::value, kTaps,
+                         decltype(same_layout)::value, decltype(tap_vectors)::value,
+                         decltype(channels)::value>(row, planes, gin_origin.data(), in_delta,
+                                                    gin_delta, source.row_points, g_ix.data(),
+                                                    g_iy.data());
           };
           using Yes = std::true_type;
           using No = std::false_type;
+          using Coordinates = std::integral_constant<bool, kGradCoordinates>;
           if constexpr (kHasTapVectors<kTaps, scalar_t>) {
             if (tap_vectors) {
               // The channel blocks of planar input (kChannelBlock) as constants.
               static_assert(kChannelBlock == 4);
-              switch (planes.channels) {
-                case 1: run(Yes{}, Yes{}, Channels<1>{}); break;
-                case 2: run(Yes{}, Yes{}, Channels<2>{}); break;
-                case 3: run(Yes{}, Yes{}, Channels<3>{}); break;
-                case 4: run(Yes{}, Yes{}, Channels<4>{}); break;
-                default: run(Yes{}, Yes{}, Channels<0>{}); break;
+              const auto run_block = [&](auto coordinates) {
+                switch (planes.channels) {
+                  case 1: return run(Yes{}, Yes{}, Channels<1>{}, coordinates);
+                  case 2: return run(Yes{}, Yes{}, Channels<2>{}, coordinates);
+                  case 3: return run(Yes{}, Yes{}, Channels<3>{}, coordinates);
+                  case 4: return run(Yes{}, Yes{}, Channels<4>{}, coordinates);
+                  default: return run(Yes{}, Yes{}, Channels<0>{}, coordinates);
+                }
+              };
+#ifdef STN_EXT_LANE_GROUPS
+              if constexpr (kGradCoordinates && std::is_same_v<scalar_t, float>) {
+                if (lane_planes) {
+                  if constexpr (kGradInput) run_block(No{});
+                  add_coordinate_gradient_lanes(row, *lane_planes, planes.channels, planes.input,
+                                                planes.input_sc, planes.grad_output_row,
+                                                planes.grad_output_sc, planes.grad_output_sw,
+                                                g_ix.data(), g_iy.data());
+                  continue;
+                }
               }
+#endif
+              run_block(Coordinates{});
               continue;
             }
           }
           if (same_layout) {
-            run(Yes{}, No{}, Channels<0>{});
+            run(Yes{}, No{}, Channels<0>{}, Coordinates{});
           } else {
-            run(No{}, No{}, Channels<0>{});
+            run(No{}, No{}, Channels<0>{}, Coordinates{});
           }
         }
         if constexpr (kGradCoordinates) image.add_row_gradient(row, h, g_ix.data(), g_iy.data());
