@@ -423,7 +423,8 @@ def lane_group_grid(out_size, dtype, device):
     """Affine maps, one per image, whose runs of 8 neighbouring output points read their taps
     in each way the CPU kernels' lane groups know (csrc/cpu/affine_grid_sample_cpu.cpp): within
     8 input columns and 1 or 2 rows, within 16 columns, beyond, mirrored, partly outside; the
-    last rows' windows would pass the plane's end, and rows end in part groups."""
+    last rows' windows would pass the plane's end, and rows end in part groups. 8 images: the
+    CPU backward then takes all of an image's channels in one work unit, in blocks of 4."""
     turn = torch.tensor(0.25, dtype=torch.float64)
     thetas = torch.tensor([
         [[1.0, 0.0, 0.02], [0.0, 1.0, 0.03]],  # near identity: 8 columns, 1 or 2 rows
@@ -432,20 +433,27 @@ def lane_group_grid(out_size, dtype, device):
         [[3.5, 0.0, 0.0], [0.0, 1.0, 0.0]],  # beyond 16 columns
         [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # mirrored
         [[1.6, 0.2, 0.0], [-0.1, 1.5, 0.0]],  # zoomed out: taps outside
+        [[0.7, -0.1, -0.05], [0.1, 0.8, 0.1]],  # zoomed in, turned
+        [[1.2, 0.3, 0.0], [-0.3, -1.1, 0.0]],  # turned and flipped in y
     ], dtype=torch.float64)
     grid = F.affine_grid(thetas, (len(thetas), 1, *out_size), align_corners=False)
     return grid.to(device, dtype)
 
 
-def test_point_results_do_not_depend_on_neighbours(backend):
+@pytest.mark.parametrize("rows", ["back-to-back", "apart"])
+def test_point_results_do_not_depend_on_neighbours(backend, rows):
     """Each point's output and grid gradient are the same bits whatever points surround it (the
     CPU kernels take 8 neighbouring points at a time, from windows of the input rows or by
     gathers, with the same arithmetic): the grid's points without its first column give bit
-    for bit the rest of its results. And every way the lane groups read taps matches PyTorch."""
-    x = random_input((6, 5, 20, 37), seed=seed_of("lanes"), dtype=torch.float32,
-                     device=backend.device).requires_grad_()
+    for bit the rest of its results. And every way the lane groups read taps matches PyTorch,
+    with the input's rows back to back or apart in memory (a row stride other than the width)."""
+    x = random_input((8, 5, 20, 37), seed=seed_of("lanes"), dtype=torch.float32,
+                     device=backend.device)
+    if rows == "apart":
+        x = with_rows_apart(x, 3)
+    x.requires_grad_()
     grid = lane_group_grid((30, 45), torch.float32, backend.device).requires_grad_()
-    go = random_input((6, 5, 30, 45), seed=seed_of("lanes", "go"), dtype=torch.float32,
+    go = random_input((8, 5, 30, 45), seed=seed_of("lanes", "go"), dtype=torch.float32,
                       device=backend.device)
     shifted = grid.detach()[:, :, 1:].requires_grad_()
     args = dict(mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -375,10 +375,12 @@ struct LanePlanes {
   int32_t row_stride;
   int64_t last;  // offset of the plane's last element
 
-  // Whether lane groups serve an input of geometry `in`: unit x stride, and every tap offset
-  // of a point not far outside (x0 and y0 in [-2, size], see move_far_points) fits in 32 bits.
+  // Whether lane groups serve an input of geometry `in`: unit x stride, rows in order (so the
+  // windows' loads lie between the plane's first and last elements), and every tap offset of a
+  // point not far outside (x0 and y0 in [-2, size], see move_far_points) fits in 32 bits.
   static std::optional<LanePlanes> of(const Geometry& in) {
-    if (in.sw != 1 || (in.h + 2) * in.sh + in.w + 2 > std::numeric_limits<int32_t>::max()) {
+    if (in.sw != 1 || in.sh < 0 ||
+        (in.h + 2) * in.sh + in.w + 2 > std::numeric_limits<int32_t>::max()) {
       return std::nullopt;
     }
     return LanePlanes{static_cast<int32_t>(in.sh), (in.h - 1) * in.sh + in.w - 1};
@@ -441,7 +443,7 @@ struct LaneWindows {
   __m256 second_row;   // all ones in the lanes whose y0 is the second row
   __m256 high;         // all ones in the lanes whose column is 8 or more
 
-  LaneWindows(const LaneGroup& g, const LanePlanes& planes) : serves(false) {
+  LaneWindows(const LaneGroup& g, const LanePlanes& planes) : serves(false), wide(false) {
     if (g.lanes != 8) return;
     // The lowest x0 and y0: at one of the group's ends, where they are monotonic.
     alignas(32) int32_t x0[8], y0[8];
