@@ -193,13 +193,14 @@ def _sample_points(coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h, out_w
 
 @triton.jit
 def _program_pixels(out_h, out_w, BLOCK_PIXELS: tl.constexpr, INDEX_DTYPE: tl.constexpr):
-    """This program's image and block of output pixels (row-major indices), and which of them
-    exist (the last block of an image has a tail)."""
+    """This program's image, its block's index in the image, the block's output pixels
+    (row-major indices), and which of them exist (the last block of an image has a tail)."""
     pixel_count = out_h.to(INDEX_DTYPE) * out_w
     blocks_per_image = (pixel_count + BLOCK_PIXELS - 1) // BLOCK_PIXELS
     image = tl.program_id(0) // blocks_per_image
-    pixels = (tl.program_id(0) % blocks_per_image) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
-    return image, pixels, pixels < pixel_count
+    block = tl.program_id(0) % blocks_per_image
+    pixels = block * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    return image, block, pixels, pixels < pixel_count
 
 
 @triton.jit
@@ -315,7 +316,7 @@ def _forward_kernel(
     # which lets Triton see contiguous pixels and vectorise the stores of a contiguous output.
     index_dtype = tl.int64 if INDEX_64 else tl.int32
     dtype = coords_ptr.dtype.element_ty
-    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    image, _, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
     _, _, ix, iy, _, _ = _sample_points(coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h,
                                         out_w, co_sn, co_sh, co_sw, co_sc, SOURCE, PADDING,
                                         ALIGN_CORNERS)
@@ -503,7 +504,7 @@ def _backward_kernel(
     the fallback of _gather_backward_kernel, whose images it leaves alone (their points count
     as absent; their partials are zero)."""
     index_dtype = tl.int64 if INDEX_64 else tl.int32
-    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    image, block, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
     if SKIP_GATHERED:
         pixel_ok = pixel_ok & (tl.load(gathered_ptr + image) == 0)
     grad_gx, grad_gy, base_x, base_y = _backward_points(
@@ -515,8 +516,6 @@ def _backward_kernel(
         index_dtype, BLOCK_PIXELS, BLOCK_CHANNELS, EVEN_CHANNELS)
     if NEED_COORD_GRAD:
         if SOURCE == "affine":
-            blocks_per_image = (out_h.to(index_dtype) * out_w + BLOCK_PIXELS - 1) // BLOCK_PIXELS
-            block = tl.program_id(0) - image * blocks_per_image
             partial = image.to(tl.int64) * partials_per_image + first_partial + block
             _store_theta_sums(coord_grad_ptr + partial * 6,
                               grad_gx * base_x, grad_gx * base_y, grad_gx,
@@ -648,15 +647,6 @@ def _base_slope(size, ALIGN_CORNERS: tl.constexpr):
 
 
 @triton.jit
-def _pixel_slope(size, ALIGN_CORNERS: tl.constexpr):
-    """d(pixel coordinate) / d(normalised coordinate) along an input axis of `size` pixels."""
-    if ALIGN_CORNERS:
-        return (size.to(tl.float64) - 1.0) * 0.5
-    else:
-        return size.to(tl.float64) * 0.5
-
-
-@triton.jit
 def _gather_plan(theta, in_h, in_w, out_h, out_w, MODE: tl.constexpr,
                  ALIGN_CORNERS: tl.constexpr):
     """How one image's gather finds, for an input pixel, the output points that may have a tap
@@ -674,16 +664,14 @@ def _gather_plan(theta, in_h, in_w, out_h, out_w, MODE: tl.constexpr,
     ay = _base_slope(out_h, ALIGN_CORNERS)
     cx = _base_coord(out_w * 0, out_w, ALIGN_CORNERS, tl.float64)
     cy = _base_coord(out_h * 0, out_h, ALIGN_CORNERS, tl.float64)
-    sx = _pixel_slope(in_w, ALIGN_CORNERS)
-    sy = _pixel_slope(in_h, ALIGN_CORNERS)
-    # ix = m00 w + m01 h + origin_x, iy = m10 w + m11 h + origin_y (unnormalising adds
-    # (size - 1) / 2 in both alignments).
+    # ix = m00 w + m01 h + origin_x, iy = m10 w + m11 h + origin_y: the first output point's
+    # pixel coordinates, and the unnormalisation's slopes sx, sy.
+    origin_x, sx = _source_index(t00 * cx + t01 * cy + t02, in_w, "zeros", ALIGN_CORNERS)
+    origin_y, sy = _source_index(t10 * cx + t11 * cy + t12, in_h, "zeros", ALIGN_CORNERS)
     m00 = sx * t00 * ax
     m01 = sx * t01 * ay
     m10 = sy * t10 * ax
     m11 = sy * t11 * ay
-    origin_x = sx * (t00 * cx + t01 * cy + t02) + (in_w.to(tl.float64) - 1.0) * 0.5
-    origin_y = sy * (t10 * cx + t11 * cy + t12) + (in_h.to(tl.float64) - 1.0) * 0.5
     det = m00 * m11 - m01 * m10
     inv_det = 1.0 / tl.where(det != 0.0, det, float("nan"))  # singular: not gatherable
     inv00 = m11 * inv_det
@@ -848,7 +836,7 @@ def _stencil_kernel(
     row 1 + (n * H + y) * W + x, or the spare row 0 for a tap outside the image; with their
     weights. Tap k of pixel p of image n goes to [n, k, p] of tap_index and tap_weight."""
     index_dtype = tl.int64 if INDEX_64 else tl.int32
-    image, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
+    image, _, pixels, pixel_ok = _program_pixels(out_h, out_w, BLOCK_PIXELS, index_dtype)
     _, _, ix, iy, _, _ = _sample_points(coords_ptr, image, pixels, pixel_ok, in_h, in_w, out_h,
                                         out_w, co_sn, co_sh, co_sw, co_sc, SOURCE, PADDING,
                                         ALIGN_CORNERS)

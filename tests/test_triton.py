@@ -259,23 +259,28 @@ def test_cuda_larger_images(config, dtype):
 # The GPU code path, compiled without a GPU
 # ----------------------------------------------------------------------------------------------
 
-# Compiles the kernels for an H100 (Triton's own PTX and cubin generation, no GPU needed) for
-# three variants that between them cover every dtype path, both coordinate sources (and both
-# coordinate gradients), a fill value, padding with arithmetic, nearest, 64-bit indexing, and
-# unit strides specialised as the JIT does for contiguous tensors.
-COMPILE_FOR_SM90 = textwrap.dedent("""
+# compile(kernel, pointer_types, constexprs, attrs): a kernel compiled for an H100 (Triton's own
+# PTX and cubin generation, no GPU needed), its other arguments 32-bit integers.
+SM90_COMPILER = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from stn_ext import triton_kernels as tk
 
-    def compile(kernel, pointer_types, constexprs):
+    def compile(kernel, pointer_types, constexprs, attrs=None):
         signature = {name: pointer_types[name] if name.endswith("_ptr")
                      else "constexpr" if name in constexprs else "i32"
                      for name in kernel.arg_names}
-        triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        return triton.compile(
+            ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+            target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+""")
 
+# Compiles the kernels for an H100 for three variants that between them cover every dtype path,
+# both coordinate sources (and both coordinate gradients), a fill value, padding with
+# arithmetic, nearest, 64-bit indexing, and unit strides specialised as the JIT does for
+# contiguous tensors.
+COMPILE_FOR_SM90 = SM90_COMPILER + textwrap.dedent("""
     for source, data, compute, mode, padding, fill, aligned, index_64, unit_strides in [
             ("grid", "bf16", "fp32", "bilinear", "zeros", True, False, True, {}),
             ("affine", "fp32", "fp32", "bilinear", "reflection", False, False, False, {}),
@@ -320,12 +325,8 @@ COMPILE_FOR_SM90 = textwrap.dedent("""
 # channels_last bfloat16 input of 64 channels (unit channel strides as constants; pointers and
 # the other strides, multiples of 16, marked divisible by 16) and counts the PTX's global
 # accesses of 16 bytes (v4.b32: 8 bfloat16, or 4 float32 atomic adds) and of one bfloat16.
-CHANNELS_LAST_VECTORS = textwrap.dedent("""
+CHANNELS_LAST_VECTORS = SM90_COMPILER + textwrap.dedent("""
     import json, re
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from stn_ext import triton_kernels as tk
 
     def accesses(kernel, pointer_types, unit_strides):
         constexprs = dict(SOURCE="affine", MODE="bilinear", PADDING="zeros", ALIGN_CORNERS=False,
@@ -333,15 +334,13 @@ CHANNELS_LAST_VECTORS = textwrap.dedent("""
                           EVEN_CHANNELS=True, **{k: 1 for k in unit_strides})
         if kernel is tk._backward_kernel:
             constexprs.update(NEED_INPUT_GRAD=True, NEED_COORD_GRAD=True, SKIP_GATHERED=False)
-        signature = {name: pointer_types.get(name, "*fp32") if name.endswith("_ptr")
-                     else "constexpr" if name in constexprs else "i32"
-                     for name in kernel.arg_names}
+        # Pointers not named take float32.
+        pointers = {name: pointer_types.get(name, "*fp32") for name in kernel.arg_names
+                    if name.endswith("_ptr")}
         divisible = [i for i, name in enumerate(kernel.arg_names) if name not in constexprs
                      and (name.endswith("_ptr") or re.search("_s(n|h|w|_pixel)$", name))]
-        compiled = triton.compile(
-            ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
-                      attrs={(i,): [["tt.divisibility", 16]] for i in divisible}),
-            target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        compiled = compile(kernel, pointers, constexprs,
+                           attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
         ptx = compiled.asm["ptx"]
         return {kind: len(re.findall(pattern, ptx)) for kind, pattern in [
             ("vector loads", r"ld\\.global(\\.\\w+)*\\.v4\\.b32"),

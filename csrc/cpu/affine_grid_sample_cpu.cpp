@@ -391,31 +391,29 @@ struct LanePlanes {
 // tap inside.
 struct LaneGroup {
   int lanes;  // 8, or fewer at the row's end
-  __m256i x0, y0, inside;
+  __m256i x0, y0;
   __m256 west, east, north, south;
   __m256 tap_inside[4];  // per tap (x fastest): all ones in the lanes where it is inside
 
   LaneGroup(const RowSamples<float>& r, int64_t w)
       : lanes(static_cast<int>(std::min<int64_t>(8, r.width - w))) {
-    if (lanes == 8) {
-      x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.x0.data() + w));
-      y0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.y0.data() + w));
-      inside = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r.inside.data() + w));
-      west = _mm256_loadu_ps(r.west.data() + w);
-      east = _mm256_loadu_ps(r.east.data() + w);
-      north = _mm256_loadu_ps(r.north.data() + w);
-      south = _mm256_loadu_ps(r.south.data() + w);
-    } else {
-      const __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes),
-                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      x0 = _mm256_maskload_epi32(r.x0.data() + w, in_row);
-      y0 = _mm256_maskload_epi32(r.y0.data() + w, in_row);
-      inside = _mm256_maskload_epi32(r.inside.data() + w, in_row);
-      west = _mm256_maskload_ps(r.west.data() + w, in_row);
-      east = _mm256_maskload_ps(r.east.data() + w, in_row);
-      north = _mm256_maskload_ps(r.north.data() + w, in_row);
-      south = _mm256_maskload_ps(r.south.data() + w, in_row);
-    }
+    // A part group loads its lanes alone (masked loads: nothing read past the row's arrays).
+    const __m256i in_row = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes),
+                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const auto load_int = [&](const std::vector<int32_t>& v) {
+      return lanes == 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v.data() + w))
+                        : _mm256_maskload_epi32(v.data() + w, in_row);
+    };
+    const auto load_float = [&](const std::vector<float>& v) {
+      return lanes == 8 ? _mm256_loadu_ps(v.data() + w) : _mm256_maskload_ps(v.data() + w, in_row);
+    };
+    x0 = load_int(r.x0);
+    y0 = load_int(r.y0);
+    west = load_float(r.west);
+    east = load_float(r.east);
+    north = load_float(r.north);
+    south = load_float(r.south);
+    const __m256i inside = load_int(r.inside);
     for (int k = 0; k < 4; ++k) {
       const __m256i bit = _mm256_set1_epi32(1 << k);
       tap_inside[k] = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(inside, bit), bit));
